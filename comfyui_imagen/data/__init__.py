@@ -1,0 +1,17 @@
+"""The procedural "shapes" demo domain: scenes and captions, renderer, seeded dataset, correctness judge, evaluation.
+
+Importing this package only imports numpy (no torch, no PIL, no file I/O). The domain is specified in the README
+("The shapes demo domain"); `scenes` holds its vocabulary and grammar.
+"""
+from .dataset import ShapesDataset, ShapesItem
+from .evaluation import EvalPrompt, evaluation_prompts, summarize
+from .judge import ATTRIBUTES, Measurement, ObjectVerdict, Verdict, judge
+from .render import downsample, render
+from .sampling import SPLITS, SceneDistribution, sample_scene
+from .scenes import (BACKGROUNDS, COLOURS, GRAMMAR, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, Scene, SceneObject,
+                     format_caption, parse_caption)
+
+__all__ = ["ShapesDataset", "ShapesItem", "EvalPrompt", "evaluation_prompts", "summarize", "ATTRIBUTES",
+           "Measurement", "ObjectVerdict", "Verdict", "judge", "downsample", "render", "SPLITS", "SceneDistribution",
+           "sample_scene", "BACKGROUNDS", "COLOURS", "GRAMMAR", "HELDOUT_PAIRS", "POSITIONS", "SHAPES", "SIZES",
+           "Scene", "SceneObject", "format_caption", "parse_caption"]
