@@ -1,0 +1,133 @@
+"""Denoisers: one contract for every sampler, ``denoiser(x, sigma, **cond) -> x0``.
+
+x is the VE sample x = x0 + sigma * eps ([B, C, H, W]); sigma is a scalar or a [B] tensor. The wrappers here turn a raw
+network ``model(x_in, t, **cond)`` into that contract, converting its parameterization once so that samplers never
+branch on it (k-diffusion's ``DiscreteEpsDDPMDenoiser`` / ``VDenoiser``):
+
+    x_in = x / sqrt(1 + sigma^2)                          (the DDPM sample the network was trained on)
+    t    = schedule.sigma_to_t(sigma)                     (the network's own timestep for sigma)
+    eps:  x0 = x - sigma * eps
+    v:    x0 = x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) * v      (v = alpha eps - sigma_vp x0, Salimans & Ho 2022)
+    x0:   x0 = output
+
+Learned variance (Nichol & Dhariwal 2021, DeepFloyd IF: ``variance_type="learned_range"``): the network returns 2C
+channels, the second half v in [-1, 1]. A denoiser whose attribute ``learned_variance`` is True accepts
+``return_variance=True`` and then returns ``(x0, frac)`` with frac = (v + 1) / 2, the model's interpolation
+"Sigma_theta = exp(v log beta_t + (1 - v) log beta~_t)" (eq. 15, with v there = our frac). `sample_ddpm` asks for it.
+"""
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import torch
+
+from .schedules import Schedule
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+VarianceType = Literal["fixed", "learned_range"]
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+VARIANCE_TYPES = ("fixed", "learned_range")
+
+
+class Denoiser(Protocol):
+    """``denoiser(x, sigma, **cond) -> x0``; optional ``learned_variance`` attribute (see module docstring)."""
+
+    def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor: ...
+
+
+def sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
+    """sigma (float, 0-d or [B] tensor) as a [B] tensor on x's device, in x's dtype but at least float32 (IF's
+    sigma_max ~ 2e4 squared overflows float16)."""
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    if sigma.ndim == 0:
+        return sigma.expand(x.shape[0])
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be a scalar or have shape [{x.shape[0]}] (one per batch item), "
+                         f"got {tuple(sigma.shape)}")
+    return sigma
+
+
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """[B] -> [B, 1, ..., 1] with `ndim` dimensions in all."""
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+class NetworkDenoiser:
+    """Base wrapper: runs ``model(x / sqrt(1 + sigma^2), schedule.sigma_to_t(sigma), **cond)``; subclasses say how
+    the output becomes x0 (`_to_x0`)."""
+
+    prediction_type: PredictionType
+
+    def __init__(self, model, schedule: Schedule, *, learned_variance: bool = False):
+        self.model = model
+        self.schedule = schedule
+        self.learned_variance = bool(learned_variance)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(model={type(self.model).__name__}, schedule={self.schedule!r}, "
+                f"learned_variance={self.learned_variance})")
+
+    def __call__(self, x: torch.Tensor, sigma, *, return_variance: bool = False, **cond):
+        sigma = sigma_batch(sigma, x)
+        s = append_dims(sigma, x.ndim)
+        out = self.model((x * (1 + s * s).rsqrt()).to(x.dtype), self.schedule.sigma_to_t(sigma), **cond)
+        frac = None
+        if self.learned_variance:
+            if out.shape[1] != 2 * x.shape[1]:
+                raise ValueError(f"a learned-variance model must return {2 * x.shape[1]} channels "
+                                 f"(prediction + variance), got {out.shape[1]}; is variance_type right?")
+            out, v = out.split(x.shape[1], dim=1)
+            frac = (v + 1) / 2
+        elif out.shape[1] != x.shape[1]:
+            raise ValueError(f"the model returned {out.shape[1]} channels for a {x.shape[1]}-channel input; "
+                             f"if it predicts a variance too, use variance_type='learned_range'")
+        x0 = self._to_x0(x, s, out).to(x.dtype)
+        if return_variance:
+            if frac is None:
+                raise ValueError("return_variance=True needs a learned-variance denoiser (learned_variance=True)")
+            return x0, frac
+        return x0
+
+    def _to_x0(self, x: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class EpsDenoiser(NetworkDenoiser):
+    """Network predicts the noise eps: x0 = x - sigma * eps (Ho et al. 2020)."""
+
+    prediction_type = "epsilon"
+
+    def _to_x0(self, x, s, out):
+        return x - s * out
+
+
+class VDenoiser(NetworkDenoiser):
+    """Network predicts v = alpha eps - sigma_vp x0 (Salimans & Ho 2022): x0 = alpha^2 x - sigma_vp v."""
+
+    prediction_type = "v_prediction"
+
+    def _to_x0(self, x, s, out):
+        return x / (1 + s * s) - s * (1 + s * s).rsqrt() * out
+
+
+class X0Denoiser(NetworkDenoiser):
+    """Network predicts x0 itself."""
+
+    prediction_type = "sample"
+
+    def _to_x0(self, x, s, out):
+        return out
+
+
+_WRAPPERS = {cls.prediction_type: cls for cls in (EpsDenoiser, VDenoiser, X0Denoiser)}
+
+
+def make_denoiser(model, schedule: Schedule, prediction_type: str = "epsilon",
+                  variance_type: str = "fixed") -> NetworkDenoiser:
+    """The wrapper for a network's `prediction_type` ("epsilon", "v_prediction", "sample") and `variance_type`
+    ("fixed", or "learned_range" for DeepFloyd IF's 6-channel output)."""
+    if prediction_type not in _WRAPPERS:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {list(PREDICTION_TYPES)}")
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"unknown variance_type {variance_type!r}; expected one of {list(VARIANCE_TYPES)}")
+    return _WRAPPERS[prediction_type](model, schedule, learned_variance=variance_type == "learned_range")

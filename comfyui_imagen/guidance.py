@@ -1,0 +1,152 @@
+"""Classifier-free guidance and x0 thresholding, as denoiser wrappers (see `comfyui_imagen.denoisers`).
+
+Compose them as DeepFloyd IF and Imagen do: ``Thresholded(CFGDenoiser(make_denoiser(...), scale))``; guidance mixes the
+branches, then the guided x0 is thresholded. Both pass a learned variance through (`return_variance=True`).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+import torch
+
+from .denoisers import sigma_batch
+
+ThresholdMode = Literal["dynamic", "static", "none"]
+THRESHOLD_MODES = ("dynamic", "static", "none")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# thresholding
+# --------------------------------------------------------------------------------------------------------------------
+
+def static_threshold(x0: torch.Tensor) -> torch.Tensor:
+    """Imagen's static thresholding: "elementwise clipping the x-prediction to [-1, 1]"."""
+    return x0.clamp(-1, 1)
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.95, max_value: float = 1.5) -> torch.Tensor:
+    """Imagen's dynamic thresholding, with DeepFloyd IF's cap `max_value` on s (IF's p=0.95, c=1.5 by default).
+
+    "Dynamic thresholding: At each sampling step we set s to a certain percentile absolute pixel value in x^0_t, and
+    if s > 1, then we threshold x^0_t to the range [-s, s] and then divide by s. Dynamic thresholding pushes saturated
+    pixels (those near -1 and 1) inwards, thereby actively preventing pixels from saturation at each step."
+    (Saharia et al. 2022, Section 2.3). Here s = clamp(quantile(|x0|, p), 1, c) per batch item.
+    """
+    _check_threshold_args(percentile, max_value)
+    flat = x0.reshape(x0.shape[0], -1)
+    work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()  # quantile needs float32/64
+    s = torch.quantile(work.abs(), percentile, dim=1).clamp(min=1.0, max=max_value)[:, None]
+    return (work.clamp(-s, s) / s).to(x0.dtype).reshape(x0.shape)
+
+
+def _check_threshold_args(percentile: float, max_value: float) -> None:
+    if not 0 < percentile <= 1:
+        raise ValueError(f"dynamic thresholding percentile must be in (0, 1], got {percentile} "
+                         f"(Imagen uses 0.995, DeepFloyd IF 0.95)")
+    if not max_value >= 1:
+        raise ValueError(f"dynamic thresholding max_value must be >= 1, got {max_value} (DeepFloyd IF uses 1.5)")
+
+
+class Thresholded:
+    """Wraps a denoiser and thresholds its x0: mode "dynamic" (percentile, max_value), "static" or "none"."""
+
+    def __init__(self, denoiser, mode: ThresholdMode = "dynamic", percentile: float = 0.95, max_value: float = 1.5):
+        if mode not in THRESHOLD_MODES:
+            raise ValueError(f"unknown threshold mode {mode!r}; expected one of {list(THRESHOLD_MODES)}")
+        if mode == "dynamic":
+            _check_threshold_args(percentile, max_value)
+        self.denoiser, self.mode, self.percentile, self.max_value = denoiser, mode, percentile, max_value
+
+    @property
+    def learned_variance(self) -> bool:
+        return getattr(self.denoiser, "learned_variance", False)
+
+    def __call__(self, x: torch.Tensor, sigma, *, return_variance: bool = False, **cond):
+        if return_variance:
+            x0, frac = self.denoiser(x, sigma, return_variance=True, **cond)
+            return self._threshold(x0), frac
+        return self._threshold(self.denoiser(x, sigma, **cond))
+
+    def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.mode == "dynamic":
+            return dynamic_threshold(x0, self.percentile, self.max_value)
+        if self.mode == "static":
+            return static_threshold(x0)
+        return x0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# classifier-free guidance
+# --------------------------------------------------------------------------------------------------------------------
+
+def _pad_dim1(t: torch.Tensor, length: int) -> torch.Tensor:
+    pad = t.new_zeros((t.shape[0], length - t.shape[1], *t.shape[2:]))
+    return torch.cat([t, pad], dim=1)
+
+
+def _cat_pair(key: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Concatenate along the batch; sequences of different length (dim 1, e.g. text embeds and masks of a prompt and
+    a negative prompt) are zero/False padded to the longer one."""
+    if a.ndim != b.ndim or a.shape[2:] != b.shape[2:] or (a.ndim == 1 and a.shape != b.shape):
+        raise ValueError(f"cond[{key!r}] has shape {tuple(a.shape)} but uncond[{key!r}] has {tuple(b.shape)}; "
+                         f"they may differ only in sequence length (dim 1)")
+    if a.ndim > 1 and a.shape[1] != b.shape[1]:
+        length = max(a.shape[1], b.shape[1])
+        a, b = _pad_dim1(a, length), _pad_dim1(b, length)
+    return torch.cat([a, b.to(a.dtype)])
+
+
+def batch_cond_uncond(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> dict[str, Any]:
+    """One kwargs dict for a [cond; uncond] batch. A key missing from `uncond` is shared (taken from `cond`, e.g. the
+    low-resolution image of a super-resolution stage); non-tensor values must be equal in both."""
+    unknown = set(uncond) - set(cond)
+    if unknown:
+        raise ValueError(f"uncond has keys {sorted(unknown)} that cond lacks; give both branches the same keys")
+    merged = {}
+    for key, a in cond.items():
+        b = uncond.get(key, a)
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            merged[key] = _cat_pair(key, a, b)
+        elif isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or a != b:
+            raise ValueError(f"cond[{key!r}] and uncond[{key!r}] differ but are not both tensors; "
+                             f"non-tensor arguments must be the same for both branches")
+        else:
+            merged[key] = a
+    return merged
+
+
+class CFGDenoiser:
+    """Classifier-free guidance, Ho & Salimans 2022, in the Imagen paper's form.
+
+    "eps~_theta(z_t, c) = w eps_theta(z_t, c) + (1 - w) eps_theta(z_t) ... Setting w = 1 disables classifier-free
+    guidance, while increasing w > 1 strengthens the effect of guidance." (Saharia et al. 2022, eq. 2). The mix is
+    taken on x0, which is affine in eps for a shared x and sigma, so it is the same as mixing eps (or v). The
+    unconditional branch may be a negative prompt: ``uncond`` is just another kwargs dict.
+
+    Call: ``cfg(x, sigma, cond={...}, uncond={...})``; both branches run as one batch [cond; uncond]. With scale 1 or
+    uncond None, only the conditional branch runs. A learned variance comes from the conditional branch, as in IF.
+    """
+
+    def __init__(self, denoiser, scale: float):
+        self.denoiser, self.scale = denoiser, float(scale)
+
+    @property
+    def learned_variance(self) -> bool:
+        return getattr(self.denoiser, "learned_variance", False)
+
+    def __call__(self, x: torch.Tensor, sigma, *, cond: Mapping[str, Any] | None = None,
+                 uncond: Mapping[str, Any] | None = None, return_variance: bool = False):
+        cond = dict(cond or {})
+        extra = {"return_variance": True} if return_variance else {}
+        if uncond is None or self.scale == 1.0:
+            if uncond is None and self.scale != 1.0:
+                raise ValueError(f"guidance scale {self.scale} needs an unconditional branch: pass uncond= (the "
+                                 f"empty or negative prompt's embeddings), or use scale 1")
+            return self.denoiser(x, sigma, **extra, **cond)
+        sigma2 = sigma_batch(sigma, x).repeat(2)
+        out = self.denoiser(torch.cat([x, x]), sigma2, **extra, **batch_cond_uncond(cond, uncond))
+        x0, frac = out if return_variance else (out, None)
+        x0_c, x0_u = x0.chunk(2)
+        guided = self.scale * x0_c + (1 - self.scale) * x0_u
+        return (guided, frac.chunk(2)[0]) if return_variance else guided
+
