@@ -1,0 +1,151 @@
+"""Everything the nodes need from ComfyUI, imported lazily, with plain fallbacks when ComfyUI is absent.
+
+Inside ComfyUI: model folders come from ``folder_paths`` (``models/imagen`` is registered here, merged with an
+``imagen:`` entry of the user's ``extra_model_paths.yaml``), models are wrapped in ``comfy.model_patcher.ModelPatcher``
+and loaded through ``comfy.model_management`` (so ComfyUI offloads them when another model needs the memory),
+progress and JPEG previews go to ``comfy.utils.ProgressBar`` and an interrupt raises within one sampler step.
+Without ComfyUI (tests, scripts) the same calls use the folders given to :func:`set_fallback_folders`, the CPU,
+and no progress bar. This is the only module of the pack that imports ``comfy`` or ``folder_paths``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from typing import Callable
+
+import torch
+
+IMAGEN_FOLDER = "imagen"
+TEXT_ENCODER_FOLDER = "text_encoders"
+MODEL_EXTENSIONS = frozenset({".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"})
+
+_fallback_folders: dict[str, list[str]] = {IMAGEN_FOLDER: [], TEXT_ENCODER_FOLDER: []}
+
+
+@functools.lru_cache(maxsize=None)
+def _comfy(module: str):
+    """Import a ComfyUI module (``comfy.utils``, ``folder_paths``...), or None outside ComfyUI (remembered: the
+    cancel hook asks at every sampler step)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- model folders
+def register_model_folder() -> None:
+    """Register ``models/imagen`` with ComfyUI (no-op outside it); keeps paths from ``extra_model_paths.yaml``."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is None:
+        return
+    folder_paths.add_model_folder_path(IMAGEN_FOLDER, os.path.join(folder_paths.models_dir, IMAGEN_FOLDER))
+    paths, _ = folder_paths.folder_names_and_paths[IMAGEN_FOLDER]
+    folder_paths.folder_names_and_paths[IMAGEN_FOLDER] = (paths, set(MODEL_EXTENSIONS))
+
+
+def set_fallback_folders(kind: str, paths: list[str]) -> None:
+    """Outside ComfyUI: the folders searched for ``kind`` (``"imagen"`` or ``"text_encoders"``)."""
+    if kind not in _fallback_folders:
+        raise ValueError(f"unknown model folder kind {kind!r}; expected one of {sorted(_fallback_folders)}")
+    _fallback_folders[kind] = [os.fspath(p) for p in paths]
+
+
+def model_folders(kind: str) -> list[str]:
+    """The folders searched for ``kind``: ComfyUI's registered ones, or the fallback list outside ComfyUI."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        if kind == IMAGEN_FOLDER and kind not in folder_paths.folder_names_and_paths:
+            register_model_folder()
+        return folder_paths.get_folder_paths(kind)
+    if kind not in _fallback_folders:
+        raise ValueError(f"unknown model folder kind {kind!r}; expected one of {sorted(_fallback_folders)}")
+    return list(_fallback_folders[kind])
+
+
+def comfy_t5_tokenizer_dir() -> str | None:
+    """ComfyUI's bundled T5 (v1.1) tokenizer folder ``comfy/text_encoders/t5_tokenizer``, if present."""
+    comfy = _comfy("comfy")
+    if comfy is None or not getattr(comfy, "__file__", None):
+        return None
+    path = os.path.join(os.path.dirname(comfy.__file__), "text_encoders", "t5_tokenizer")
+    return path if os.path.isdir(path) else None
+
+
+# ---------------------------------------------------------------------------------------------------- devices
+def intermediate_device() -> torch.device:
+    """Where node outputs live between nodes (ComfyUI's intermediate device; the CPU outside ComfyUI)."""
+    mm = _comfy("comfy.model_management")
+    return mm.intermediate_device() if mm is not None else torch.device("cpu")
+
+
+class ImagenWeights(torch.nn.Module):
+    """Holds the real module so that ModelPatcher can set its bookkeeping attributes (``device``...) freely."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+
+
+class ManagedModel:
+    """A module that ComfyUI's model management moves to the GPU for a run and offloads when memory is needed.
+
+    ``load()`` returns the module on its run device. Outside ComfyUI it stays where it is (the CPU).
+    ``text_encoder=True`` uses ComfyUI's text-encoder devices instead of the diffusion-model ones.
+    """
+
+    def __init__(self, module: torch.nn.Module, *, text_encoder: bool = False):
+        self.module = module
+        self.patcher = None
+        mm = _comfy("comfy.model_management")
+        model_patcher = _comfy("comfy.model_patcher")
+        if mm is not None and model_patcher is not None:
+            if text_encoder:
+                load, offload = mm.text_encoder_device(), mm.text_encoder_offload_device()
+            else:
+                load, offload = mm.get_torch_device(), mm.unet_offload_device()
+            module.to(offload)
+            self.patcher = model_patcher.ModelPatcher(ImagenWeights(module), load_device=load, offload_device=offload)
+
+    def load(self) -> torch.nn.Module:
+        if self.patcher is not None:
+            # Our modules are plain torch layers (no comfy.ops casting): they must sit whole on one device, so they
+            # load fully, and whatever a low-VRAM mode left behind is moved too.
+            _comfy("comfy.model_management").load_models_gpu([self.patcher], force_full_load=True)
+            device = self.patcher.load_device
+            if any(t.device != device for t in (*self.module.parameters(), *self.module.buffers())):
+                self.module.to(device)
+        return self.module
+
+
+# ---------------------------------------------------------------------------------------------------- progress
+def interrupted() -> bool:
+    """The library's ``cancel`` hook: raises ComfyUI's interrupt exception when the user pressed Cancel (within one
+    sampler step), else returns False. Outside ComfyUI it never cancels."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+    return False
+
+
+def progress_callback(total: int) -> Callable[[dict], None] | None:
+    """A sampler ``callback(info)`` that drives ComfyUI's progress bar; None outside ComfyUI.
+
+    Each step updates the bar and sends the first image of the current x0 prediction as a JPEG preview. In pixel
+    space a preview costs no decoder, so it is sent whatever ``--preview-method`` says (that flag picks a latent
+    decoder for latent models).
+    """
+    utils = _comfy("comfy.utils")
+    if utils is None:
+        return None
+    from comfyui_imagen.images import to_pil
+
+    bar = utils.ProgressBar(total)
+    max_size = getattr(getattr(_comfy("comfy.cli_args"), "args", None), "preview_size", 512)
+
+    def callback(info: dict) -> None:
+        x0 = info.get("x0")
+        preview = ("JPEG", to_pil(x0), max_size) if x0 is not None else None
+        bar.update_absolute(int(info["step"]) + 1, int(info["total"]), preview)
+
+    return callback
