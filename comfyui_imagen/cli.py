@@ -1,0 +1,174 @@
+"""``python -m comfyui_imagen generate "a red circle to the left of a blue square" -o out.png``.
+
+Runs the bundled demo cascade (frozen byte-level T5 -> 64 px base -> 256 px SR) unless other files are given: any
+stage `load_stage` reads (native, DeepFloyd IF folder or file) and any T5 `load_t5` reads, so IF's stages with IF's
+T5 run the same way. Progress is a plain bar on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+# The demo cascade's sampling defaults (measured by `python -m comfyui_imagen.evaluate`).
+DEMO_BASE_STEPS = 25
+DEMO_SR_STEPS = 15
+DEMO_CFG = 4.0
+DEMO_SR_CFG = 1.0
+DEMO_NOISE_LEVEL = 100
+DEMO_SR_STRENGTH = 0.3
+DEMO_SPACING = "trailing"
+
+
+@dataclass
+class Cascade:
+    """A text encoder and the stages to run after one another (a base stage, then zero or more SR stages)."""
+
+    t5: object
+    base: object
+    srs: list
+
+
+def load_cascade(t5: Optional[str] = None, base: Optional[str] = None, srs: Optional[list[str]] = None,
+                 tokenizer: Optional[str] = None, dtype: Optional[torch.dtype] = None,
+                 device: str = "cpu") -> Cascade:
+    """Load the named files, the bundled demo's where a name is None (`srs=None`: the demo SR; `srs=[]`: none)."""
+    from .checkpoints import load_stage
+    from .text import load_t5
+
+    demo = None
+    if t5 is None or base is None or srs is None:
+        from .demo import demo_files
+
+        demo = demo_files()
+    t5_path = t5 or demo["t5"]
+    encoder = load_t5(t5_path, dtype=dtype, tokenizer=tokenizer) if tokenizer else load_t5(t5_path, dtype=dtype)
+    stages = [load_stage(p, dtype=dtype) for p in [base or demo["base"], *([demo["sr"]] if srs is None else srs)]]
+    for stage in stages:
+        stage.unet.to(device).eval()
+    return Cascade(encoder, stages[0], stages[1:])
+
+
+def progress_bar(label: str, stream=None) -> Callable[[dict], None]:
+    """A sampler callback drawing ``label [#####.....] 12/25 3.1s`` on one line of `stream` (default stderr)."""
+    start = time.perf_counter()
+    stream = stream or sys.stderr
+
+    def update(info: dict) -> None:
+        done, total = int(info["step"]) + 1, int(info["total"])
+        filled = int(30 * done / max(total, 1))
+        stream.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} "
+                     f"{time.perf_counter() - start:.1f}s")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return update
+
+
+def upscale(stage, cond, lowres: torch.Tensor, *, settings, noise_level: int = DEMO_NOISE_LEVEL,
+            strength: float = 1.0, callback=None) -> torch.Tensor:
+    """One SR stage on `lowres`. strength 1: sample from pure noise (`cascade.super_resolve`); below 1: start from
+    the bicubic upsampling noised to that fraction of the sigma grid and run only the grid's tail
+    (`cascade.image_to_image`, SDEdit), which keeps the input's layout and costs strength x the steps."""
+    from .cascade import image_to_image, super_resolve
+    from .images import resize
+
+    if strength >= 1.0:
+        return super_resolve(stage, cond, lowres, noise_level=noise_level, settings=settings, callback=callback)
+    size = stage.config.resolution * lowres.shape[-1] // stage.config.lowres_resolution
+    start = resize(lowres, size, size, mode="bicubic").clamp(-1, 1)
+    return image_to_image(stage, cond, start, strength=strength, settings=settings, lowres_image=lowres,
+                          noise_level=noise_level, callback=callback)
+
+
+def text_to_image(cascade: Cascade, prompts: list[str], *, negative: str = "", base_settings, sr_settings=None,
+                  noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = 1.0, max_length: int = 77,
+                  progress: Optional[Callable[[str], Callable]] = None) -> list[torch.Tensor]:
+    """Each stage's output for `prompts` (item k seeded seed + k): [base [B,3,64,64], sr1 [B,3,256,256], ...],
+    images in -1..1. `progress(label)` may return a per-step callback; `sr_strength` see `upscale`."""
+    from .cascade import Conditioning, generate
+
+    pos = cascade.t5.encode(list(prompts), max_length=max_length)
+    neg = cascade.t5.encode([negative] * len(prompts), max_length=max_length)
+    cond = Conditioning(pos, neg)
+    callback = progress("base") if progress else None
+    outs = [generate(cascade.base, cond, batch_size=len(prompts), settings=base_settings, callback=callback)]
+    for i, stage in enumerate(cascade.srs):
+        callback = progress(f"sr{i + 1}") if progress else None
+        outs.append(upscale(stage, cond, outs[-1], settings=sr_settings or base_settings, noise_level=noise_level,
+                            strength=sr_strength, callback=callback))
+    return outs
+
+
+def save_images(images: torch.Tensor, out: Path) -> list[Path]:
+    """One PNG per image: `out` itself for a batch of one, else out-0.png, out-1.png ..."""
+    from .images import to_pil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if images.shape[0] == 1 else [out.with_name(f"{out.stem}-{k}{out.suffix}")
+                                                for k in range(images.shape[0])]
+    for k, path in enumerate(paths):
+        to_pil(images, k).save(path)
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m comfyui_imagen", description="Imagen-style cascaded diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="text to image with a cascade (the bundled demo by default)")
+    g.add_argument("prompt")
+    g.add_argument("-o", "--output", default="out.png", help="PNG path (a batch writes NAME-0.png, NAME-1.png ...)")
+    g.add_argument("--negative", default="", help="negative prompt (default: the empty prompt)")
+    g.add_argument("--seed", type=int, default=0, help="image k of the batch uses seed + k")
+    g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--steps", type=int, default=DEMO_BASE_STEPS, help="base stage sampler steps")
+    g.add_argument("--sr-steps", type=int, default=DEMO_SR_STEPS, help="super-resolution sampler steps")
+    g.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale of the base stage")
+    g.add_argument("--sr-cfg", type=float, default=DEMO_SR_CFG, help="guidance scale of the SR stages")
+    g.add_argument("--sampler", default="dpmpp_2m", help="dpmpp_2m, ddpm, ddim, euler, euler_ancestral, heun ...")
+    g.add_argument("--spacing", default=DEMO_SPACING, help="sigma spacing or a DeepFloyd IF preset (smart50 ...)")
+    g.add_argument("--noise-level", type=int, default=DEMO_NOISE_LEVEL,
+                   help="noise augmentation of the SR stages' input, 0..999 (IF uses 250)")
+    g.add_argument("--sr-strength", type=float, default=DEMO_SR_STRENGTH,
+                   help="1: SR from pure noise; below 1: start from the bicubic upsampling noised to that fraction "
+                        "of the schedule (SDEdit: keeps the layout, fewer steps)")
+    g.add_argument("--t5", default=None, help="T5 encoder file or HF folder (default: the bundled demo T5)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer folder for the T5 ('byte' for byte-level models)")
+    g.add_argument("--base", default=None, help="base stage file/folder (default: the bundled demo base)")
+    g.add_argument("--sr", action="append", default=None,
+                   help="an SR stage file/folder; repeat for 256 then 1024 (default: the bundled demo SR)")
+    g.add_argument("--no-sr", action="store_true", help="stop after the base stage (64 px)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from .cascade import SamplingSettings
+
+    args = _parser().parse_args(argv)
+    try:
+        cascade = load_cascade(args.t5, args.base, [] if args.no_sr else args.sr, args.tokenizer,
+                               device=args.device)
+        base = SamplingSettings(sampler=args.sampler, steps=args.steps, cfg=args.cfg, spacing=args.spacing,
+                                seed=args.seed)
+        sr = SamplingSettings(sampler=args.sampler, steps=args.sr_steps, cfg=args.sr_cfg, spacing=args.spacing,
+                              seed=args.seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            outs = text_to_image(cascade, [args.prompt] * args.batch_size, negative=args.negative,
+                                 base_settings=base, sr_settings=sr, noise_level=args.noise_level,
+                                 sr_strength=args.sr_strength, progress=None if args.quiet else progress_bar)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = save_images(outs[-1], Path(args.output))
+    size = outs[-1].shape[-1]
+    print(f"wrote {', '.join(map(str, paths))} ({size}x{size}, {time.perf_counter() - start:.1f}s)", file=sys.stderr)
+    return 0

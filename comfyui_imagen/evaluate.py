@@ -1,0 +1,221 @@
+"""``python -m comfyui_imagen.evaluate``: how well a cascade draws the shapes domain, measured by its exact judge.
+
+Reports, for fixed seeds:
+1. the fraction of prompts drawn correctly (overall and per attribute; seen and held-out colour-shape pairs; one and
+   two objects), judged at 64 px (base stage) and at 256 px (after super-resolution), as
+   `comfyui_imagen.data.judge` defines correctness;
+2. the SR stage alone: PSNR against the ground-truth 256 px render when given the ground-truth 64 px render, beside
+   bicubic upsampling's PSNR;
+3. quality against sampler steps: the fraction correct at 64 px for each sampler/steps pair (DDPM 100 vs DPM++ 2M at
+   10/15/25 ...), with seconds per image.
+Everything is printed as Markdown; ``--json`` also writes the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .cli import (DEMO_BASE_STEPS, DEMO_CFG, DEMO_NOISE_LEVEL, DEMO_SPACING, DEMO_SR_CFG, DEMO_SR_STEPS,
+                  DEMO_SR_STRENGTH, Cascade, load_cascade, text_to_image, upscale)
+
+DEFAULT_SWEEP = "ddpm:100,dpmpp_2m:10,dpmpp_2m:15,dpmpp_2m:25,euler_ancestral:25,ddim:25"
+GROUPS = ("seen/1", "heldout/1", "seen/2", "heldout/2", "all")
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """Library images [B, 3, H, W] in -1..1 -> uint8 [H, W, 3] arrays, as they would be saved."""
+    from .images import to_pil
+
+    return [np.asarray(to_pil(images, k)) for k in range(images.shape[0])]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two image batches in -1..1, on the 0..1 scale: 10 log10(1 / MSE)."""
+    mse = float(((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean())
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield start, items[start:start + size]
+
+
+def judge_prompts(cascade: Cascade, prompts, base_settings, sr_settings, *, batch_size: int = 16,
+                  noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = DEMO_SR_STRENGTH, with_sr: bool = True):
+    """Generate every prompt (batch b of the list uses seed + index-in-batch) and judge each stage's output:
+    returns ({"64": verdicts, "256": verdicts}, seconds per image for the whole cascade)."""
+    from .data import judge
+
+    cascade = replace(cascade, srs=cascade.srs[:1] if with_sr else [])
+    verdicts: dict[str, list] = {"64": [], "256": []} if with_sr else {"64": []}
+    seconds = 0.0
+    for _, chunk in _batches(list(prompts), batch_size):
+        start = time.perf_counter()
+        outs = text_to_image(cascade, [p.caption for p in chunk], base_settings=base_settings,
+                             sr_settings=sr_settings, noise_level=noise_level, sr_strength=sr_strength)
+        seconds += time.perf_counter() - start
+        for key, images in zip(verdicts, outs):
+            verdicts[key].extend(judge(img, p.scene) for img, p in zip(to_uint8(images), chunk))
+    return verdicts, seconds / max(1, len(prompts))
+
+
+def sr_psnr(cascade: Cascade, *, count: int, settings, noise_level: int, strength: float = DEMO_SR_STRENGTH,
+            seed: int = 0, batch_size: int = 8) -> dict[str, float]:
+    """PSNR of the first SR stage on ground-truth renders of `count` dataset scenes ("all" split, `seed`), against
+    bicubic upsampling of the same 64 px input."""
+    from .cascade import Conditioning
+    from .data import ShapesDataset
+    from .images import resize
+    from .train.batches import to_tensor
+
+    stage = cascade.srs[0]
+    hi, lo = stage.config.resolution, stage.config.lowres_resolution
+    dataset = ShapesDataset(seed=seed, split="all")
+    items = [dataset.item(i) for i in range(count)]
+    ours, bicubic = [], []
+    for _, chunk in _batches(items, batch_size):
+        target = to_tensor([it.image(hi) for it in chunk])
+        small = to_tensor([it.image(lo) for it in chunk])
+        cond = Conditioning(*cascade.t5.encode_for_guidance([it.caption for it in chunk]))
+        out = upscale(stage, cond, small, settings=settings, noise_level=noise_level, strength=strength)
+        ours.append(psnr(out, target))
+        bicubic.append(psnr(resize(small, hi, hi, mode="bicubic"), target))
+    return {"sr": float(np.mean(ours)), "bicubic": float(np.mean(bicubic)), "n": count}
+
+
+def parse_sweep(text: str) -> list[tuple[str, int]]:
+    """"ddpm:100,dpmpp_2m:25" -> [("ddpm", 100), ("dpmpp_2m", 25)]."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, steps = part.partition(":")
+        if not steps.isdigit():
+            raise ValueError(f"sweep entry {part!r} must be SAMPLER:STEPS, e.g. dpmpp_2m:25")
+        pairs.append((name, int(steps)))
+    return pairs
+
+
+def evaluate(cascade: Cascade, *, n_seen: int, n_heldout: int, seed: int = 0, base_settings, sr_settings,
+             noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = DEMO_SR_STRENGTH,
+             sweep: list[tuple[str, int]] = (), sweep_prompts: int = 8,
+             psnr_count: int = 16, batch_size: int = 16, log=lambda s: None) -> dict:
+    """All three measurements as one dict (see the module docstring)."""
+    from .data import evaluation_prompts, summarize
+
+    prompts = evaluation_prompts(n_seen, n_heldout, seed)
+    with_sr = bool(cascade.srs)
+    log(f"judging {len(prompts)} prompts ...")
+    verdicts, secs = judge_prompts(cascade, prompts, base_settings, sr_settings, batch_size=batch_size,
+                                   noise_level=noise_level, sr_strength=sr_strength, with_sr=with_sr)
+    result = {"prompts": len(prompts), "accuracy": {key: summarize(v) for key, v in verdicts.items()},
+              "seconds_per_image": secs, "settings": {"base": base_settings.__dict__, "sr": sr_settings.__dict__,
+                                                      "noise_level": noise_level, "sr_strength": sr_strength}}
+    if with_sr and psnr_count:
+        log(f"SR PSNR on {psnr_count} renders ...")
+        result["sr_psnr"] = sr_psnr(cascade, count=psnr_count, settings=sr_settings, noise_level=noise_level,
+                                    strength=sr_strength)
+    if sweep:
+        subset = evaluation_prompts(sweep_prompts, sweep_prompts, seed)
+        rows = []
+        for sampler, steps in sweep:
+            log(f"sweep {sampler} {steps} steps on {len(subset)} prompts ...")
+            settings = replace(base_settings, sampler=sampler, steps=steps)
+            v, s = judge_prompts(cascade, subset, settings, sr_settings, batch_size=batch_size, with_sr=False)
+            summary = summarize(v["64"])
+            rows.append({"sampler": sampler, "steps": steps, "correct": summary["all"]["correct"],
+                         "seen": summary["seen"]["correct"], "heldout": summary["heldout"]["correct"],
+                         "seconds_per_image": s})
+        result["sweep"] = rows
+    return result
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def format_report(result: dict) -> str:
+    """The result as Markdown tables."""
+    from .data import ATTRIBUTES
+
+    lines = []
+    for key, summary in result["accuracy"].items():
+        lines += [f"\n**Fraction correct at {key} px** ({result['prompts']} prompts)\n",
+                  "| group | n | correct | " + " | ".join(ATTRIBUTES) + " |",
+                  "|---" * (3 + len(ATTRIBUTES)) + "|"]
+        for group in GROUPS:
+            row = summary[group]
+            lines.append(f"| {group} | {row['n']} | {_pct(row['correct'])} | "
+                         + " | ".join(_pct(row[a]) for a in ATTRIBUTES) + " |")
+    lines.append(f"\nSeconds per image (text encoding and every stage): {result['seconds_per_image']:.2f}")
+    if "sr_psnr" in result:
+        p = result["sr_psnr"]
+        lines.append(f"\n**SR 64→256 PSNR** on {p['n']} ground-truth renders: {p['sr']:.2f} dB "
+                     f"(bicubic {p['bicubic']:.2f} dB, {p['sr'] - p['bicubic']:+.2f} dB)")
+    if "sweep" in result:
+        lines += ["\n**Quality against steps** (64 px, fraction correct)\n",
+                  "| sampler | steps | all | seen | held-out | s/image |", "|---|---|---|---|---|---|"]
+        for r in result["sweep"]:
+            lines.append(f"| {r['sampler']} | {r['steps']} | {_pct(r['correct'])} | {_pct(r['seen'])} | "
+                         f"{_pct(r['heldout'])} | {r['seconds_per_image']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from .cascade import SamplingSettings
+
+    p = argparse.ArgumentParser(prog="python -m comfyui_imagen.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--n-seen", type=int, default=32, help="seen prompts per group (one and two objects)")
+    p.add_argument("--n-heldout", type=int, default=32, help="held-out prompts per group")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--t5", default=None)
+    p.add_argument("--base", default=None)
+    p.add_argument("--sr", default=None)
+    p.add_argument("--no-sr", action="store_true", help="judge the base stage only")
+    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--steps", type=int, default=DEMO_BASE_STEPS)
+    p.add_argument("--sr-steps", type=int, default=DEMO_SR_STEPS)
+    p.add_argument("--cfg", type=float, default=DEMO_CFG)
+    p.add_argument("--sr-cfg", type=float, default=DEMO_SR_CFG)
+    p.add_argument("--noise-level", type=int, default=DEMO_NOISE_LEVEL)
+    p.add_argument("--sr-strength", type=float, default=DEMO_SR_STRENGTH)
+    p.add_argument("--spacing", default=DEMO_SPACING)
+    p.add_argument("--sweep", default=DEFAULT_SWEEP, help="SAMPLER:STEPS,... ('' for none)")
+    p.add_argument("--sweep-prompts", type=int, default=8, help="seen and held-out prompts per group in the sweep")
+    p.add_argument("--psnr-count", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", default=None, help="also write the numbers here")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cascade = load_cascade(args.t5, args.base, [] if args.no_sr else ([args.sr] if args.sr else None))
+        base = SamplingSettings(sampler=args.sampler, steps=args.steps, cfg=args.cfg, spacing=args.spacing,
+                                seed=args.seed)
+        sr = replace(base, steps=args.sr_steps, cfg=args.sr_cfg)
+        with torch.inference_mode():
+            result = evaluate(cascade, n_seen=args.n_seen, n_heldout=args.n_heldout, seed=args.seed,
+                              base_settings=base, sr_settings=sr, noise_level=args.noise_level,
+                              sr_strength=args.sr_strength, sweep=parse_sweep(args.sweep),
+                              sweep_prompts=args.sweep_prompts,
+                              psnr_count=args.psnr_count, batch_size=args.batch_size,
+                              log=lambda s: print(s, file=sys.stderr, flush=True))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

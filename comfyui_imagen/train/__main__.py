@@ -1,0 +1,134 @@
+"""``python -m comfyui_imagen.train``: make the demo text encoder, train a stage, or rebuild the whole demo cascade.
+
+    python -m comfyui_imagen.train t5 OUT.safetensors                      # the frozen demo T5 (seconds)
+    python -m comfyui_imagen.train base --t5 T5 --out-dir RUN [options]    # one stage; resumes RUN/state.pt
+    python -m comfyui_imagen.train sr   --t5 T5 --out-dir RUN [options]
+    python -m comfyui_imagen.train demo --out-dir RUN                      # all of it, base and SR side by side
+
+Data-parallel: launch `base`/`sr` with ``torchrun --nproc_per_node N -m comfyui_imagen.train base ...`` (gloo on the
+CPU, nccl on CUDA) or ``accelerate launch``; the batch size is per process.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import PRESETS as TRAIN_PRESETS
+
+STAGE_FILES = {"base": "imagen-demo-base64.safetensors", "sr": "imagen-demo-sr256.safetensors"}
+T5_FILE = "imagen-demo-t5.safetensors"
+
+
+def _stage_args(p: argparse.ArgumentParser) -> None:
+    from .presets import STAGE_NAMES
+
+    p.add_argument("--t5", required=True, help="the frozen text encoder (.safetensors); make the demo one with "
+                                               "`python -m comfyui_imagen.train t5 FILE`")
+    p.add_argument("--out-dir", required=True, help="run folder: state.pt, train_log.jsonl and the stage file")
+    p.add_argument("--stage-preset", default=None, choices=STAGE_NAMES,
+                   help="architecture (default: demo-base / demo-sr)")
+    p.add_argument("--preset", default=None, choices=sorted(TRAIN_PRESETS),
+                   help="training settings (default: demo-base / demo-sr); the flags below override them")
+    for name, kind in (("steps", int), ("batch-size", int), ("lr", float), ("lr-final", float), ("seed", int),
+                       ("ema-decay", float), ("save-every", int), ("log-every", int), ("crop", int),
+                       ("max-aug-level", int), ("warmup-steps", int), ("snr-gamma", float)):
+        p.add_argument(f"--{name}", type=kind, default=None)
+    p.add_argument("--weighting", choices=("min_snr", "p2", "none"), default=None)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="bf16 autocast (slow on most CPUs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for this process")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT_DIR/state.pt exists")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="end this run at that step (the schedule still spans --steps); resume later to go on")
+
+
+def _train_stage(role: str, args: argparse.Namespace) -> None:
+    import torch
+
+    from ..text import EmbeddingCache, load_t5
+    from .presets import stage_preset
+    from .trainer import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = load_t5(args.t5, compute_dtype=torch.float32, cache=EmbeddingCache(max_entries=8192))
+    stage = stage_preset(args.stage_preset or f"demo-{role}", text_embed_dim=encoder.config.d_model)
+    if stage.role != role:
+        raise SystemExit(f"stage preset {args.stage_preset!r} is a {stage.role} stage; use the `{stage.role}` command")
+    config = TRAIN_PRESETS[args.preset or f"demo-{role}"]
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k in config.__dataclass_fields__}
+    config = config.replace(**overrides)
+    stop_after = None
+    if args.stop_at is not None:
+        from .trainer import STATE_FILE, saved_step
+
+        stop_after = max(0, args.stop_at - saved_step(Path(args.out_dir) / STATE_FILE))
+    train(stage, config, encoder, args.out_dir, stage_file=STAGE_FILES[role], device=args.device,
+          resume=not args.no_resume, stop_after=stop_after)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """T5, then base and SR trained side by side (one thread each), then the three files copied to --install."""
+    from .demo_t5 import save_demo_t5
+    from ..text import ByteTokenizer
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t5 = out / T5_FILE
+    if not t5.exists():
+        save_demo_t5(t5, vocab_size=ByteTokenizer().vocab_size, seed=0)
+    procs = []
+    for role in ("base", "sr"):
+        cmd = [sys.executable, "-m", "comfyui_imagen.train", role, "--t5", str(t5), "--out-dir", str(out / role),
+               "--threads", "1"]
+        if args.steps:
+            cmd += ["--steps", str(args.steps)]
+        stop_at = getattr(args, f"stop_at_{role}")
+        if stop_at:
+            cmd += ["--stop-at", str(stop_at)]
+        log = open(out / f"{role}.log", "a")
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"training failed (exit codes {codes}); see {out}/base.log and {out}/sr.log")
+    if args.install:
+        dest = Path(args.install)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(t5, dest / T5_FILE)
+        for role, name in STAGE_FILES.items():
+            shutil.copy(out / role / name, dest / name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m comfyui_imagen.train", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t5 = sub.add_parser("t5", help="write the frozen demo T5 encoder")
+    t5.add_argument("out", help="output .safetensors path")
+    t5.add_argument("--seed", type=int, default=0)
+    for role in ("base", "sr"):
+        _stage_args(sub.add_parser(role, help=f"train a {role} stage"))
+    demo = sub.add_parser("demo", help="rebuild the bundled demo cascade (T5 + base + SR)")
+    demo.add_argument("--out-dir", default="runs/demo")
+    demo.add_argument("--steps", type=int, default=None, help="override both stages' step counts")
+    demo.add_argument("--stop-at-base", type=int, default=None, help="end the base run at this step")
+    demo.add_argument("--stop-at-sr", type=int, default=None, help="end the SR run at this step")
+    demo.add_argument("--install", default=None, help="copy the finished files here (e.g. comfyui_imagen/demo)")
+    args = parser.parse_args(argv)
+    if args.command == "t5":
+        from ..text import ByteTokenizer
+        from .demo_t5 import save_demo_t5
+
+        save_demo_t5(args.out, vocab_size=ByteTokenizer().vocab_size, seed=args.seed)
+    elif args.command == "demo":
+        _demo(args)
+    else:
+        _train_stage(args.command, args)
+
+
+if __name__ == "__main__":
+    main()

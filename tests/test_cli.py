@@ -1,0 +1,114 @@
+"""The command lines on the bundled cascade: `python -m comfyui_imagen generate` makes a 256 px PNG from a prompt;
+`python -m comfyui_imagen.evaluate` runs on a small prompt set (no accuracy threshold here: that is the report's)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from comfyui_imagen.cascade import SamplingSettings
+from comfyui_imagen.cli import load_cascade, main, text_to_image
+from comfyui_imagen.demo import FILES, demo_files
+from comfyui_imagen.evaluate import main as evaluate_main
+from comfyui_imagen.evaluate import parse_sweep, psnr
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--steps", "2", "--sr-steps", "2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: two threads can be far slower than one
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bundled_files_exist_and_fit_the_budget():
+    files = demo_files()
+    assert set(files) == {"t5", "base", "sr"}
+    assert sum(p.stat().st_size for p in files.values()) <= 40 * 2**20
+
+
+def test_bundled_cascade_returns_256px_for_a_prompt():
+    cascade = load_cascade()
+    assert cascade.base.config.role == "base" and [s.config.role for s in cascade.srs] == ["sr"]
+    assert cascade.base.config.text_embed_dim == cascade.t5.config.d_model == cascade.srs[0].config.text_embed_dim
+    settings = SamplingSettings(steps=2, cfg=4.0, seed=3)
+    with torch.inference_mode():
+        base, sr = text_to_image(cascade, ["a red circle"], base_settings=settings, sr_settings=settings)
+    assert base.shape == (1, 3, 64, 64) and sr.shape == (1, 3, 256, 256)
+    assert torch.isfinite(sr).all() and sr.abs().max() <= 1.0 + 1e-4
+
+
+def test_sdedit_super_resolution_keeps_the_size():
+    cascade = load_cascade()
+    settings = SamplingSettings(steps=4, cfg=1.0, seed=0)
+    with torch.inference_mode():
+        outs = text_to_image(cascade, ["a red circle"], base_settings=settings, sr_strength=0.5)
+    assert [tuple(o.shape) for o in outs] == [(1, 3, 64, 64), (1, 3, 256, 256)]
+
+
+def test_generate_writes_a_png_and_draws_progress(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert main(["generate", "a red circle to the left of a blue square", "-o", str(out), *FAST]) == 0
+    assert Image.open(out).size == (256, 256)
+    err = capsys.readouterr().err
+    assert "base [" in err and "2/2" in err and "sr1 [" in err and "wrote" in err
+
+
+def test_batch_writes_one_file_per_image_and_seeds_differ(tmp_path):
+    out = tmp_path / "b.png"
+    assert main(["generate", "a blue square", "-o", str(out), "--batch-size", "2", "--no-sr", "--quiet", *FAST]) == 0
+    a, b = (Image.open(tmp_path / f"b-{k}.png") for k in (0, 1))
+    assert a.size == (64, 64) and a.tobytes() != b.tobytes()
+
+
+def test_bad_sampler_is_a_clear_error(tmp_path, capsys):
+    assert main(["generate", "a red circle", "-o", str(tmp_path / "x.png"), "--sampler", "nope", "--quiet"]) == 2
+    assert "dpmpp_2m" in capsys.readouterr().err  # names the valid choices
+
+
+def test_module_entry_point(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "m.png"
+    proc = subprocess.run([sys.executable, "-m", "comfyui_imagen", "generate", "a yellow triangle", "-o", str(out),
+                           "--no-sr", "--quiet", *FAST], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Image.open(out).size == (64, 64)
+    assert FILES["base"].name in str(FILES["base"])
+
+
+def test_psnr_known_values():
+    assert psnr(torch.full((1, 3, 4, 4), -1.0), torch.ones(1, 3, 4, 4)) == pytest.approx(0.0)
+    assert psnr(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.2)) == pytest.approx(20.0)
+    assert math.isfinite(psnr(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)))
+
+
+def test_parse_sweep():
+    assert parse_sweep("ddpm:100, dpmpp_2m:10,") == [("ddpm", 100), ("dpmpp_2m", 10)]
+    with pytest.raises(ValueError, match="SAMPLER:STEPS"):
+        parse_sweep("ddpm")
+
+
+def test_small_evaluation_reports_every_section(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code = evaluate_main(["--n-seen", "1", "--n-heldout", "1", "--steps", "2", "--sr-steps", "2",
+                          "--sweep", "dpmpp_2m:2", "--sweep-prompts", "1", "--psnr-count", "2", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["prompts"] == 4
+    for key in ("64", "256"):
+        groups = result["accuracy"][key]
+        assert groups["all"]["n"] == 4 and groups["seen/1"]["n"] == 1 and groups["heldout/2"]["n"] == 1
+        assert 0.0 <= groups["all"]["correct"] <= 1.0
+    assert result["sr_psnr"]["n"] == 2 and result["sr_psnr"]["bicubic"] > 10
+    assert [(r["sampler"], r["steps"]) for r in result["sweep"]] == [("dpmpp_2m", 2)]
+    report = capsys.readouterr().out
+    assert "Fraction correct at 64 px" in report and "SR 64→256 PSNR" in report and "| dpmpp_2m | 2 |" in report
