@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from .denoisers import make_denoiser
 from .guidance import CFGDenoiser, Thresholded
-from .images import resize
+from .images import resize, upsample_lowres
 from .respacing import IF_PRESETS, SPACINGS, get_sigmas
 from .samplers import SAMPLERS, get_sampler, make_generators, randn_like_items
 from .schedules import ContinuousSchedule, DiscreteSchedule, get_schedule
@@ -323,7 +322,7 @@ def augment_lowres(stage: "Stage", lowres: torch.Tensor, height: int, width: int
     lr_h = height * config.lowres_resolution // config.resolution
     lr_w = width * config.lowres_resolution // config.resolution
     small = resize(lowres.float(), lr_h, lr_w).clamp(-1, 1)
-    up = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=True)
+    up = upsample_lowres(small, height, width)
     sigma = _noise_level_sigma(stage_schedule(stage), noise_level)
     eps = randn_like_items(up.shape, generators, device=up.device)
     augmented = (up + sigma * eps) / math.sqrt(1 + sigma * sigma)

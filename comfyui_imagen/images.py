@@ -80,6 +80,13 @@ def resize(x: torch.Tensor, height: int, width: int, *, mode: str = "bicubic") -
     return out.to(x.dtype)
 
 
+def upsample_lowres(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Upsample an SR stage's low-resolution input to the stage's output size: bilinear with ``align_corners=True``,
+    as DeepFloyd IF's super-resolution pipeline does. The trainer and the cascade both call this, so a stage sees at
+    sampling time exactly the conditioning it was trained on."""
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
+
+
 def to_pil(x: torch.Tensor, index: int = 0):
     """One image of a library batch [B, 3, H, W] in -1..1 as an RGB ``PIL.Image`` (for previews and files)."""
     from PIL import Image

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import torch.nn.functional as F
+from ..images import upsample_lowres
 
 
 @dataclass
@@ -50,9 +50,7 @@ def draw_batch(stage_config, config, generator: torch.Generator, *, step: int, r
         return Batch(to_tensor([item.image(res) for item in items]), captions)
     hi, lo = stage_config.resolution, stage_config.lowres_resolution
     target = to_tensor([item.image(hi) for item in items])
-    # upsampled as cascade.augment_lowres does it (bilinear, align_corners, like DeepFloyd IF's pipeline)
-    lowres = F.interpolate(to_tensor([item.image(lo) for item in items]), size=(hi, hi), mode="bilinear",
-                           align_corners=True)
+    lowres = upsample_lowres(to_tensor([item.image(lo) for item in items]), hi, hi)
     if config.crop and config.crop < hi:
         target, lowres = random_crops(target, lowres, config.crop, generator)
     return Batch(target, captions, lowres)
