@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .winograd import conv3x3
+
 
 def activation(name: str) -> nn.Module:
     return nn.GELU() if name == "gelu" else nn.SiLU()
@@ -118,10 +120,10 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         h = self._resample(self.nonlinearity(self.norm1(x)))
         x = self._resample(x)
-        h = self.conv1(h)
+        h = conv3x3(self.conv1, h)
         scale, shift = self.time_emb_proj(temb_act)[:, :, None, None].chunk(2, dim=1)
         h = self.nonlinearity(torch.addcmul(shift, self.norm2(h), 1 + scale))
-        h = self.conv2(h)
+        h = conv3x3(self.conv2, h)
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         out = x + h
