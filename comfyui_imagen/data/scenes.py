@@ -160,6 +160,12 @@ _ONE = re.compile(rf"a (?:(?P<size>small|large) )?(?P<c>{_C}) (?P<s>{_S})"
 _TWO = re.compile(rf"a (?P<c1>{_C}) (?P<s1>{_S}) (?P<rel>to the left of|above) a (?P<c2>{_C}) (?P<s2>{_S}){_BG}")
 
 
+def caption_match(text: str) -> re.Match | None:
+    """The grammar's regex match of an exact (lower-case, single-spaced) caption, None if it is not one: named
+    groups c, s, size, pos, center, bg (one object) or c1, s1, rel, c2, s2, bg (two), with their character spans."""
+    return _TWO.fullmatch(text) or _ONE.fullmatch(text)
+
+
 def parse_caption(text: str) -> Scene:
     """The Scene a caption states; case and runs of spaces are ignored. Raises ValueError quoting the grammar."""
     if not isinstance(text, str):

@@ -1,6 +1,6 @@
 """``python -m comfyui_imagen.train``: make the demo text encoder, train a stage, or rebuild the whole demo cascade.
 
-    python -m comfyui_imagen.train t5 OUT.safetensors                      # the frozen demo T5 (seconds)
+    python -m comfyui_imagen.train t5 OUT.safetensors                      # the demo T5 (pre-trained, frozen: minutes)
     python -m comfyui_imagen.train base --t5 T5 --out-dir RUN [options]    # one stage; resumes RUN/state.pt
     python -m comfyui_imagen.train sr   --t5 T5 --out-dir RUN [options]
     python -m comfyui_imagen.train demo --out-dir RUN                      # all of it, base and SR side by side
@@ -21,6 +21,7 @@ from .config import PRESETS as TRAIN_PRESETS
 
 STAGE_FILES = {"base": "imagen-demo-base64.safetensors", "sr": "imagen-demo-sr256.safetensors"}
 T5_FILE = "imagen-demo-t5.safetensors"
+DEMO_T5_STEPS = 300  # caption pre-training of the demo encoder (comfyui_imagen.train.demo_t5)
 
 
 def _stage_args(p: argparse.ArgumentParser) -> None:
@@ -81,7 +82,7 @@ def _demo(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t5 = out / T5_FILE
     if not t5.exists():
-        save_demo_t5(t5, vocab_size=ByteTokenizer().vocab_size, seed=0)
+        save_demo_t5(t5, vocab_size=ByteTokenizer().vocab_size, seed=0, train_steps=DEMO_T5_STEPS, log=print)
     procs = []
     for role in ("base", "sr"):
         cmd = [sys.executable, "-m", "comfyui_imagen.train", role, "--t5", str(t5), "--out-dir", str(out / role),
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     t5 = sub.add_parser("t5", help="write the frozen demo T5 encoder")
     t5.add_argument("out", help="output .safetensors path")
     t5.add_argument("--seed", type=int, default=0)
+    t5.add_argument("--train-steps", type=int, default=DEMO_T5_STEPS,
+                    help="caption pre-training steps (0: the random-init encoder)")
     for role in ("base", "sr"):
         _stage_args(sub.add_parser(role, help=f"train a {role} stage"))
     demo = sub.add_parser("demo", help="rebuild the bundled demo cascade (T5 + base + SR)")
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         from ..text import ByteTokenizer
         from .demo_t5 import save_demo_t5
 
-        save_demo_t5(args.out, vocab_size=ByteTokenizer().vocab_size, seed=args.seed)
+        save_demo_t5(args.out, vocab_size=ByteTokenizer().vocab_size, seed=args.seed, train_steps=args.train_steps,
+                     log=print)
     elif args.command == "demo":
         _demo(args)
     else:
