@@ -80,6 +80,15 @@ def test_cache_follows_the_weights():
         torch.testing.assert_close(conv3x3(conv, x), conv(x), atol=2e-4, rtol=0)
 
 
+def test_weights_made_under_inference_mode():
+    """ComfyUI loads and runs models under torch.inference_mode, whose tensors have no version counter."""
+    with torch.inference_mode():
+        conv, x = wide_conv(), torch.randn(1, 128, 32, 32)
+        torch.testing.assert_close(conv3x3(conv, x), conv(x), atol=1e-4, rtol=0)
+        conv.weight.mul_(0.5)
+        torch.testing.assert_close(conv3x3(conv, x), conv(x), atol=1e-4, rtol=0)
+
+
 def test_unet_with_and_without_winograd_and_against_diffusers():
     """An IF-I-shaped U-Net wide enough (128 and 256 channels, 32 px) for F(4×4) at 32 px and F(2×2) at 16 px."""
     diffusers = pytest.importorskip("diffusers")

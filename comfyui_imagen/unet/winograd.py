@@ -102,7 +102,8 @@ def conv3x3(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return conv(x)
     m = tile_size(*x.shape[-2:])
     weight = conv.weight.detach()
-    key = (weight.data_ptr(), conv.weight._version, weight.dtype, m, float(weight.sum()))
+    version = -1 if weight.is_inference() else conv.weight._version  # inference tensors (ComfyUI) have none
+    key = (weight.data_ptr(), version, weight.dtype, m, float(weight.sum()))
     cached = conv.__dict__.get("_winograd_cache")
     if cached is None or cached[0] != key:
         cached = (key, filter_transform(weight, m))
