@@ -97,7 +97,8 @@ def conv3x3(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``, by `winograd_conv3x3` where that is faster (module docstring). The filter transform is cached on
     the module and rebuilt when the weight changes: a new tensor (address), an in-place edit (version counter), or
     an edit through ``.data`` as ComfyUI's weight patching does, which bumps no version (the weight's sum, one read
-    of the weight per call: ~0.3% of the forward). ``conv.winograd = False`` always runs the module itself."""
+    of the weight per call: 20 ms, 0.5%, of an IF-I-M forward). ``conv.winograd = False`` always runs the module
+    itself."""
     if not _use_winograd(conv, x):
         return conv(x)
     m = tile_size(*x.shape[-2:])
