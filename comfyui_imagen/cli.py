@@ -23,6 +23,10 @@ DEMO_SR_CFG = 1.0
 DEMO_NOISE_LEVEL = 100
 DEMO_SR_STRENGTH = 0.3
 DEMO_SPACING = "trailing"
+# The demo base draws best with an ancestral sampler (64 prompts, 25 steps: Euler ancestral 20% fully correct, DPM++
+# 2M 9%); SR keeps the deterministic DPM++ 2M (its output is judged by PSNR against the ground truth).
+DEMO_SAMPLER = "euler_ancestral"
+DEMO_SR_SAMPLER = "dpmpp_2m"
 
 
 @dataclass
@@ -131,7 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--sr-steps", type=int, default=DEMO_SR_STEPS, help="super-resolution sampler steps")
     g.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale of the base stage")
     g.add_argument("--sr-cfg", type=float, default=DEMO_SR_CFG, help="guidance scale of the SR stages")
-    g.add_argument("--sampler", default="dpmpp_2m", help="dpmpp_2m, ddpm, ddim, euler, euler_ancestral, heun ...")
+    g.add_argument("--sampler", default=DEMO_SAMPLER, help="base stage sampler: euler_ancestral, dpmpp_2m, ddpm, "
+                                                            "ddim, euler, heun, dpmpp_2m_sde")
+    g.add_argument("--sr-sampler", default=DEMO_SR_SAMPLER, help="sampler of the SR stages")
     g.add_argument("--spacing", default=DEMO_SPACING, help="sigma spacing or a DeepFloyd IF preset (smart50 ...)")
     g.add_argument("--noise-level", type=int, default=DEMO_NOISE_LEVEL,
                    help="noise augmentation of the SR stages' input, 0..999 (IF uses 250)")
@@ -158,7 +164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                device=args.device)
         base = SamplingSettings(sampler=args.sampler, steps=args.steps, cfg=args.cfg, spacing=args.spacing,
                                 seed=args.seed)
-        sr = SamplingSettings(sampler=args.sampler, steps=args.sr_steps, cfg=args.sr_cfg, spacing=args.spacing,
+        sr = SamplingSettings(sampler=args.sr_sampler, steps=args.sr_steps, cfg=args.sr_cfg, spacing=args.spacing,
                               seed=args.seed)
         start = time.perf_counter()
         with torch.inference_mode():

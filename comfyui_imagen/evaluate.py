@@ -23,8 +23,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .cli import (DEMO_BASE_STEPS, DEMO_CFG, DEMO_NOISE_LEVEL, DEMO_SPACING, DEMO_SR_CFG, DEMO_SR_STEPS,
-                  DEMO_SR_STRENGTH, Cascade, load_cascade, text_to_image, upscale)
+from .cli import (DEMO_BASE_STEPS, DEMO_CFG, DEMO_NOISE_LEVEL, DEMO_SAMPLER, DEMO_SPACING, DEMO_SR_CFG,
+                  DEMO_SR_SAMPLER, DEMO_SR_STEPS, DEMO_SR_STRENGTH, Cascade, load_cascade, text_to_image, upscale)
 
 DEFAULT_SWEEP = "ddpm:100,dpmpp_2m:10,dpmpp_2m:15,dpmpp_2m:25,euler_ancestral:25,ddim:25"
 GROUPS = ("seen/1", "heldout/1", "seen/2", "heldout/2", "all")
@@ -178,7 +178,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--base", default=None)
     p.add_argument("--sr", default=None)
     p.add_argument("--no-sr", action="store_true", help="judge the base stage only")
-    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--sampler", default=DEMO_SAMPLER, help="base stage sampler")
+    p.add_argument("--sr-sampler", default=DEMO_SR_SAMPLER)
     p.add_argument("--steps", type=int, default=DEMO_BASE_STEPS)
     p.add_argument("--sr-steps", type=int, default=DEMO_SR_STEPS)
     p.add_argument("--cfg", type=float, default=DEMO_CFG)
@@ -199,7 +200,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cascade = load_cascade(args.t5, args.base, [] if args.no_sr else ([args.sr] if args.sr else None))
         base = SamplingSettings(sampler=args.sampler, steps=args.steps, cfg=args.cfg, spacing=args.spacing,
                                 seed=args.seed)
-        sr = replace(base, steps=args.sr_steps, cfg=args.sr_cfg)
+        sr = replace(base, sampler=args.sr_sampler, steps=args.sr_steps, cfg=args.sr_cfg)
         with torch.inference_mode():
             result = evaluate(cascade, n_seen=args.n_seen, n_heldout=args.n_heldout, seed=args.seed,
                               base_settings=base, sr_settings=sr, noise_level=args.noise_level,
