@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.scenes import BACKGROUNDS, COLOURS, POSITIONS, RELATIONS, SHAPES, SIZES, Scene, caption_match
+from ..data.scenes import (BACKGROUNDS, COLOURS, DEFAULT_POSITION, POSITIONS, RELATIONS, SHAPES, SIZES, Scene,
+                           caption_match, resolved_background)
 from ..text.tokenizers import ByteTokenizer, pad_and_truncate
 
 # d_model 256, 3 layers, 4 heads of 64, gated-GELU feed-forward 512: ~2.0 M parameters, 8 MB in fp32.
@@ -93,13 +94,13 @@ def caption_facts(scene: Scene) -> list[int]:
     colours = list(COLOURS)
     if second is None:
         size = first.size or "unstated"
-        layout = first.position or "center"
+        layout = first.position or DEFAULT_POSITION
         colour2, shape2 = len(colours), len(SHAPES)
     else:
         size, layout = "two objects", scene.relation
         colour2, shape2 = colours.index(second.colour), SHAPES.index(second.shape)
     return [colours.index(first.colour), SHAPES.index(first.shape), colour2, shape2, _SIZE_CLASSES.index(size),
-            _LAYOUTS.index(layout), list(BACKGROUNDS).index(scene.background or "white")]
+            _LAYOUTS.index(layout), list(BACKGROUNDS).index(resolved_background(scene))]
 
 
 # What each byte of a caption's meaningful words states: (word class, value) per regex group of the grammar, the
