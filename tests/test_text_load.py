@@ -141,6 +141,19 @@ def test_pytorch_bin_folder_loads_weights_only(tmp_path):
     torch.testing.assert_close(run(t5, ids, mask), oracle_hidden(ids, mask, TINY_RELU), atol=2e-5, rtol=1e-5)
 
 
+def test_pytorch_bin_with_code_payload_is_refused_without_running(tmp_path):
+    from tests.test_checkpoints import _Payload
+
+    marker = tmp_path / "pwned.txt"
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY_RELU.to_hf_dict()))
+    torch.save(dict(encoder_state(TINY_RELU), hook=_Payload(marker)), folder / "pytorch_model.bin")
+    with pytest.raises(TextEncoderError, match="weights_only.*safetensors version"):
+        load_t5(folder, tokenizer="byte")
+    assert not marker.exists()
+
+
 def test_prefixed_and_encoder_decoder_checkpoints(tmp_path):
     state = encoder_state()
     ids, mask = sample_batch()

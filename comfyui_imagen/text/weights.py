@@ -3,7 +3,7 @@ folder (config.json + model.safetensors, sharded index or .bin), without copying
 
 safetensors' ``safe_open`` maps the file and hands out tensors that live in that map, so a weight that keeps its
 stored dtype costs no memory beyond the page cache it occupies; the decoder of an encoder-decoder checkpoint is never
-touched. ``.bin`` files load with ``torch.load(weights_only=True, mmap=True)``.
+touched. Pickles (``.bin``) load as every checkpoint does, with ``weights_only=True`` (`checkpoints.tensors`).
 """
 from __future__ import annotations
 
@@ -11,22 +11,22 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import torch
 
+from ..checkpoints.errors import CheckpointError
+from ..checkpoints.tensors import (PICKLE_SUFFIXES, SAFETENSORS_DTYPES, SAFETENSORS_SUFFIXES,
+                                   load_pickle_state_dict)
 from . import fp8
 from .config import ENCODER_PROBE, T5EncoderConfig, config_from_hf, expected_shapes, infer_config
 from .errors import TextEncoderError, TextEncoderWarning
 
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 # Weight files of a Hugging Face folder, in order of preference (diffusers' "variant" names included: DeepFloyd IF's
 # text_encoder/ ships model.fp16-0000N-of-00002.safetensors with model.safetensors.index.fp16.json).
 FOLDER_CANDIDATES = ("model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors",
                      "model.safetensors.index.fp16.json", "model.bf16.safetensors", "model.safetensors.index.bf16.json",
                      "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model.fp16.bin",
                      "pytorch_model.bin.index.fp16.json")
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                 "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
-                 "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 _FOREIGN_HINTS = {"down_blocks.": "a diffusion U-Net (diffusers layout)", "input_blocks.": "a diffusion U-Net",
                   "unets.": "an imagen-pytorch checkpoint", "model.diffusion_model.": "a diffusion model",
                   "text_model.encoder.layers.": "a CLIP text encoder", "double_blocks.": "a Flux transformer",
@@ -82,21 +82,16 @@ def _add_safetensors(source: TensorSource, file: Path) -> None:
         sl = handle.get_slice(key)
         source.files[key] = file
         source._shapes[key] = tuple(sl.get_shape())
-        source._dtypes[key] = _TORCH_DTYPES.get(sl.get_dtype())
+        source._dtypes[key] = SAFETENSORS_DTYPES.get(sl.get_dtype())
     source._readers[file] = handle.get_tensor
 
 
 def _add_torch_bin(source: TensorSource, file: Path) -> None:
+    """A PyTorch pickle, opened as every checkpoint here is (`load_pickle_state_dict`: ``weights_only=True``)."""
     try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise TextEncoderError(f"{file} could not be read as a weights-only PyTorch checkpoint ({e}); "
-                               "use the .safetensors version of these weights") from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise TextEncoderError(f"{file} holds a {type(state).__name__}, not a state dict of tensors")
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        tensors = load_pickle_state_dict(file)
+    except CheckpointError as e:
+        raise TextEncoderError(f"{e}. For T5, use the .safetensors version of these weights") from e
     for key, value in tensors.items():
         source.files[key] = file
         source._shapes[key] = tuple(value.shape)
@@ -109,7 +104,7 @@ def _add_file(source: TensorSource, file: Path) -> None:
         raise TextEncoderError(f"weight file {file} is missing; download it again next to the other files")
     if file.suffix in SAFETENSORS_SUFFIXES:
         _add_safetensors(source, file)
-    elif file.suffix in (".bin", ".pt", ".pth", ".ckpt"):
+    elif file.suffix in PICKLE_SUFFIXES:
         _add_torch_bin(source, file)
     elif file.suffix == ".gguf":
         raise TextEncoderError(f"{file} is a GGUF file; this loader reads safetensors (fp16, bf16, fp8) T5 files. "
