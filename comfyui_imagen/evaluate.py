@@ -49,9 +49,11 @@ def _batches(items: list, size: int):
 
 
 def judge_prompts(cascade: Cascade, prompts, base_settings, sr_settings, *, batch_size: int = 16,
-                  noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = DEMO_SR_STRENGTH, with_sr: bool = True):
+                  noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = DEMO_SR_STRENGTH, with_sr: bool = True,
+                  images: Optional[dict] = None):
     """Generate every prompt (batch b of the list uses seed + index-in-batch) and judge each stage's output:
-    returns ({"64": verdicts, "256": verdicts}, seconds per image for the whole cascade)."""
+    returns ({"64": verdicts, "256": verdicts}, seconds per image for the whole cascade). `images`, a dict, receives
+    the judged uint8 images under the same keys."""
     from .data import judge
 
     cascade = replace(cascade, srs=cascade.srs[:1] if with_sr else [])
@@ -62,9 +64,37 @@ def judge_prompts(cascade: Cascade, prompts, base_settings, sr_settings, *, batc
         outs = text_to_image(cascade, [p.caption for p in chunk], base_settings=base_settings,
                              sr_settings=sr_settings, noise_level=noise_level, sr_strength=sr_strength)
         seconds += time.perf_counter() - start
-        for key, images in zip(verdicts, outs):
-            verdicts[key].extend(judge(img, p.scene) for img, p in zip(to_uint8(images), chunk))
+        for key, batch in zip(verdicts, outs):
+            arrays = to_uint8(batch)
+            verdicts[key].extend(judge(img, p.scene) for img, p in zip(arrays, chunk))
+            if images is not None:
+                images.setdefault(key, []).extend(arrays)
     return verdicts, seconds / max(1, len(prompts))
+
+
+def contact_sheet(prompts, images: dict, verdicts: dict, *, per_row: int = 8, scale: int = 2):
+    """One PNG-able uint8 picture of an evaluation: per prompt, the ground-truth render, then each stage's output
+    (all shown at the base resolution, SR outputs box-downsampled), each with a bar under it, green when the judge
+    found that image correct and red when not. Prompts run row by row in `prompts` order."""
+    from PIL import Image
+
+    from .data import render
+
+    size = images["64"][0].shape[0]
+    bar = max(2, size // 16)
+    ok, bad = np.array([40, 170, 60], np.uint8), np.array([220, 40, 40], np.uint8)
+    cells = []
+    for k, prompt in enumerate(prompts):
+        tiles = [np.concatenate([render(prompt.scene, size), np.full((bar, size, 3), 255, np.uint8)])]
+        for key in images:
+            shown = np.asarray(Image.fromarray(images[key][k]).resize((size, size), Image.BOX))
+            colour = ok if verdicts[key][k].correct else bad
+            tiles.append(np.concatenate([shown, np.broadcast_to(colour, (bar, size, 3))]))
+        cells.append(np.pad(np.concatenate(tiles, 1), ((0, 4), (0, 4), (0, 0)), constant_values=255))
+    blank = np.full_like(cells[0], 255)
+    cells += [blank] * (-len(cells) % per_row)
+    sheet = np.concatenate([np.concatenate(cells[i:i + per_row], 1) for i in range(0, len(cells), per_row)])
+    return sheet.repeat(scale, 0).repeat(scale, 1)
 
 
 def sr_psnr(cascade: Cascade, *, count: int, settings, noise_level: int, strength: float = DEMO_SR_STRENGTH,
@@ -105,15 +135,21 @@ def parse_sweep(text: str) -> list[tuple[str, int]]:
 def evaluate(cascade: Cascade, *, n_seen: int, n_heldout: int, seed: int = 0, base_settings, sr_settings,
              noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = DEMO_SR_STRENGTH,
              sweep: list[tuple[str, int]] = (), sweep_prompts: int = 8,
-             psnr_count: int = 16, batch_size: int = 16, log=lambda s: None) -> dict:
-    """All three measurements as one dict (see the module docstring)."""
+             psnr_count: int = 16, batch_size: int = 16, grid: Optional[str] = None, log=lambda s: None) -> dict:
+    """All three measurements as one dict (see the module docstring); `grid`: also save the `contact_sheet` of the
+    judged prompts there."""
     from .data import evaluation_prompts, summarize
 
     prompts = evaluation_prompts(n_seen, n_heldout, seed)
     with_sr = bool(cascade.srs)
     log(f"judging {len(prompts)} prompts ...")
+    images: dict = {}
     verdicts, secs = judge_prompts(cascade, prompts, base_settings, sr_settings, batch_size=batch_size,
-                                   noise_level=noise_level, sr_strength=sr_strength, with_sr=with_sr)
+                                   noise_level=noise_level, sr_strength=sr_strength, with_sr=with_sr, images=images)
+    if grid:
+        from PIL import Image
+
+        Image.fromarray(contact_sheet(prompts, images, verdicts)).save(grid)
     result = {"prompts": len(prompts), "accuracy": {key: summarize(v) for key, v in verdicts.items()},
               "seconds_per_image": secs, "settings": {"base": base_settings.__dict__, "sr": sr_settings.__dict__,
                                                       "noise_level": noise_level, "sr_strength": sr_strength}}
@@ -192,6 +228,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--psnr-count", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", default=None, help="also write the numbers here")
+    p.add_argument("--grid", default=None, help="also save a contact sheet of the judged images here (.png): per "
+                                                "prompt the ground truth, then each stage, a green or red bar under each")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     if args.threads:
@@ -206,7 +244,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                               base_settings=base, sr_settings=sr, noise_level=args.noise_level,
                               sr_strength=args.sr_strength, sweep=parse_sweep(args.sweep),
                               sweep_prompts=args.sweep_prompts,
-                              psnr_count=args.psnr_count, batch_size=args.batch_size,
+                              psnr_count=args.psnr_count, batch_size=args.batch_size, grid=args.grid,
                               log=lambda s: print(s, file=sys.stderr, flush=True))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,15 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from comfyui_imagen.cascade import SamplingSettings
 from comfyui_imagen.cli import load_cascade, main, text_to_image
+from comfyui_imagen.data import evaluation_prompts, judge, render
 from comfyui_imagen.demo import FILES, demo_files
 from comfyui_imagen.evaluate import main as evaluate_main
-from comfyui_imagen.evaluate import parse_sweep, psnr
+from comfyui_imagen.evaluate import contact_sheet, parse_sweep, psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--sr-steps", "2"]
@@ -100,7 +102,8 @@ def test_parse_sweep():
 def test_small_evaluation_reports_every_section(tmp_path, capsys):
     out = tmp_path / "eval.json"
     code = evaluate_main(["--n-seen", "1", "--n-heldout", "1", "--steps", "2", "--sr-steps", "2",
-                          "--sweep", "dpmpp_2m:2", "--sweep-prompts", "1", "--psnr-count", "2", "--json", str(out)])
+                          "--sweep", "dpmpp_2m:2", "--sweep-prompts", "1", "--psnr-count", "2", "--json", str(out),
+                          "--grid", str(tmp_path / "grid.png")])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["prompts"] == 4
@@ -112,3 +115,18 @@ def test_small_evaluation_reports_every_section(tmp_path, capsys):
     assert [(r["sampler"], r["steps"]) for r in result["sweep"]] == [("dpmpp_2m", 2)]
     report = capsys.readouterr().out
     assert "Fraction correct at 64 px" in report and "SR 64→256 PSNR" in report and "| dpmpp_2m | 2 |" in report
+    # 4 prompts in one row of 8 cells: truth | 64 px | 256 px, 64 px tiles, a 4 px bar, 4 px gaps, all x2
+    assert Image.open(tmp_path / "grid.png").size == (8 * (3 * 64 + 4) * 2, (64 + 4 + 4) * 2)
+
+
+def test_contact_sheet_marks_each_judged_image():
+    prompts = evaluation_prompts(n_seen=1, n_heldout=0, seed=0)[:1]
+    truth = render(prompts[0].scene, 64)
+    images = {"64": [truth], "256": [np.full((256, 256, 3), 245, np.uint8)]}  # right; an empty white canvas
+    verdicts = {key: [judge(img, prompts[0].scene) for img in imgs] for key, imgs in images.items()}
+    assert verdicts["64"][0].correct and not verdicts["256"][0].correct
+    sheet = contact_sheet(prompts, images, verdicts, per_row=1, scale=1)
+    assert sheet.shape == (64 + 4 + 4, 3 * 64 + 4, 3)
+    np.testing.assert_array_equal(sheet[:64, :64], truth)
+    np.testing.assert_array_equal(sheet[:64, 64:128], truth)
+    assert sheet[66, 70].tolist() == [40, 170, 60] and sheet[66, 140].tolist() == [220, 40, 40]
