@@ -162,13 +162,19 @@ class ImagenSuperResolution:
                                          "convolutional 4x stage makes 1024 from a 256 image at width 1024."}),
             "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8,
                                "tooltip": "Output height; 0 = the stage's resolution."}),
+        }, "optional": {
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                   "tooltip": "1 = sample from pure noise (Imagen, DeepFloyd IF). Below 1 = start "
+                                              "from the bicubic upsampling noised to that fraction of the steps "
+                                              "(SDEdit): keeps the input's layout, runs that fraction of the "
+                                              "steps. The demo SR stage is most faithful at about 0.15."}),
         }}
 
     def upscale(self, model, embeds, image, noise_level, seed, steps, cfg, sampler, schedule, dynamic_threshold,
-                width, height):
+                width, height, strength=1.0):
         settings = _settings(seed, steps, cfg, schedule, dynamic_threshold, sampler)
         return _run(cascade.super_resolve, model, embeds, from_comfy_image(image), noise_level=noise_level,
-                    settings=settings, width=width or None, height=height or None, steps=steps)
+                    settings=settings, width=width or None, height=height or None, strength=strength, steps=steps)
 
 
 class ImagenImageToImage:

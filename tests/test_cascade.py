@@ -151,6 +151,21 @@ def test_super_resolve_resizes_any_input_and_conditions_on_it():
     assert all(float(n[0]) == 0 for n in toy.noise_levels)
 
 
+def test_super_resolve_below_strength_one_is_sdedit_from_the_bicubic_upsampling():
+    small = torch.rand(2, 3, 8, 8) * 1.6 - 0.8
+    cond = Conditioning(embeds((0, 0, 0), (0, 0, 0)), embeds((0, 0, 0), (0, 0, 0)))
+    s = SamplingSettings(sampler="euler", steps=20, cfg=1.0, spacing="karras", seed=5)
+    seen = []
+    out = cascade.super_resolve(stage(GaussToy(), "sr", 32, 8), cond, small, noise_level=50, settings=s,
+                                strength=0.3, callback=seen.append)
+    start = images.resize(small, 32, 32, mode="bicubic").clamp(-1, 1)
+    ref = cascade.image_to_image(stage(GaussToy(), "sr", 32, 8), cond, start, strength=0.3, settings=s,
+                                 lowres_image=small, noise_level=50)
+    assert len(seen) == 6 and torch.equal(out, ref)
+    with pytest.raises(ValueError, match="strength must be in"):
+        cascade.super_resolve(stage(GaussToy(), "sr", 32, 8), cond, small, settings=s, strength=0.0)
+
+
 def test_image_to_image_starts_at_the_strength_sigma_and_keeps_a_weak_edit_close():
     image = torch.rand(1, 3, 16, 16) * 1.6 - 0.8
     seen = []
