@@ -78,23 +78,12 @@ def progress_bar(label: str, stream=None) -> Callable[[dict], None]:
     return update
 
 
-def upscale(stage, cond, lowres: torch.Tensor, *, settings, noise_level: int = DEMO_NOISE_LEVEL,
-            strength: float = 1.0, callback=None) -> torch.Tensor:
-    """One SR stage on `lowres` (`cascade.super_resolve`). strength 1: sample from pure noise; below 1: start from
-    the bicubic upsampling noised to that fraction of the sigma grid and run only the grid's tail (SDEdit), which
-    keeps the input's layout and costs strength x the steps."""
-    from .cascade import super_resolve
-
-    return super_resolve(stage, cond, lowres, noise_level=noise_level, settings=settings, strength=strength,
-                         callback=callback)
-
-
 def text_to_image(cascade: Cascade, prompts: list[str], *, negative: str = "", base_settings, sr_settings=None,
                   noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = 1.0, max_length: int = 77,
                   progress: Optional[Callable[[str], Callable]] = None) -> list[torch.Tensor]:
     """Each stage's output for `prompts` (item k seeded seed + k): [base [B,3,64,64], sr1 [B,3,256,256], ...],
-    images in -1..1. `progress(label)` may return a per-step callback; `sr_strength` see `upscale`."""
-    from .cascade import Conditioning, generate
+    images in -1..1. `progress(label)` may return a per-step callback; `sr_strength` see `cascade.super_resolve`."""
+    from .cascade import Conditioning, generate, super_resolve
 
     pos = cascade.t5.encode(list(prompts), max_length=max_length)
     neg = cascade.t5.encode([negative] * len(prompts), max_length=max_length)
@@ -103,8 +92,8 @@ def text_to_image(cascade: Cascade, prompts: list[str], *, negative: str = "", b
     outs = [generate(cascade.base, cond, batch_size=len(prompts), settings=base_settings, callback=callback)]
     for i, stage in enumerate(cascade.srs):
         callback = progress(f"sr{i + 1}") if progress else None
-        outs.append(upscale(stage, cond, outs[-1], settings=sr_settings or base_settings, noise_level=noise_level,
-                            strength=sr_strength, callback=callback))
+        outs.append(super_resolve(stage, cond, outs[-1], settings=sr_settings or base_settings,
+                                  noise_level=noise_level, strength=sr_strength, callback=callback))
     return outs
 
 

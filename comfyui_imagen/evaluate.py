@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .cli import (DEMO_BASE_STEPS, DEMO_CFG, DEMO_NOISE_LEVEL, DEMO_SAMPLER, DEMO_SPACING, DEMO_SR_CFG,
-                  DEMO_SR_SAMPLER, DEMO_SR_STEPS, DEMO_SR_STRENGTH, Cascade, load_cascade, text_to_image, upscale)
+                  DEMO_SR_SAMPLER, DEMO_SR_STEPS, DEMO_SR_STRENGTH, Cascade, load_cascade, text_to_image)
 
 DEFAULT_SWEEP = "ddpm:100,dpmpp_2m:10,dpmpp_2m:15,dpmpp_2m:25,euler_ancestral:25,ddim:25"
 GROUPS = ("seen/1", "heldout/1", "seen/2", "heldout/2", "all")
@@ -101,7 +101,7 @@ def sr_psnr(cascade: Cascade, *, count: int, settings, noise_level: int, strengt
             seed: int = 0, batch_size: int = 8) -> dict[str, float]:
     """PSNR of the first SR stage on ground-truth renders of `count` dataset scenes ("all" split, `seed`), against
     bicubic upsampling of the same 64 px input."""
-    from .cascade import Conditioning
+    from .cascade import Conditioning, super_resolve
     from .data import ShapesDataset
     from .images import resize
     from .train.batches import to_tensor
@@ -115,7 +115,7 @@ def sr_psnr(cascade: Cascade, *, count: int, settings, noise_level: int, strengt
         target = to_tensor([it.image(hi) for it in chunk])
         small = to_tensor([it.image(lo) for it in chunk])
         cond = Conditioning(*cascade.t5.encode_for_guidance([it.caption for it in chunk]))
-        out = upscale(stage, cond, small, settings=settings, noise_level=noise_level, strength=strength)
+        out = super_resolve(stage, cond, small, settings=settings, noise_level=noise_level, strength=strength)
         ours.append(psnr(out, target))
         bicubic.append(psnr(resize(small, hi, hi, mode="bicubic"), target))
     return {"sr": float(np.mean(ours)), "bicubic": float(np.mean(bicubic)), "n": count}
@@ -143,7 +143,7 @@ def evaluate(cascade: Cascade, *, n_seen: int, n_heldout: int, seed: int = 0, ba
     prompts = evaluation_prompts(n_seen, n_heldout, seed)
     with_sr = bool(cascade.srs)
     log(f"judging {len(prompts)} prompts ...")
-    images: dict = {}
+    images: Optional[dict] = {} if grid else None
     verdicts, secs = judge_prompts(cascade, prompts, base_settings, sr_settings, batch_size=batch_size,
                                    noise_level=noise_level, sr_strength=sr_strength, with_sr=with_sr, images=images)
     if grid:
