@@ -59,7 +59,8 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-# The demo cascade's runs (the project README gives the command that reproduces the shipped files).
+# The demo cascade's first runs; the shipped stages then trained on with a warm restart each (base to 10,000 steps,
+# SR to 7,000: `--steps N` on the same run folder). The project README gives the commands that reproduce them.
 # Base: plain v-MSE too (x0-MSE x (SNR + 1)). Min-SNR-5 weights the x0 error at SNR 0.1-1, where a 64 px scene's
 # layout is decided, 2-10x less; after 1,700 steps (and again 700 with the pre-trained encoder) its samples were
 # still several scattered blobs where the caption asks for one object in one place.
