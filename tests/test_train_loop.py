@@ -110,3 +110,42 @@ def test_two_process_data_parallel_on_gloo(t5_path, tmp_path):
     stage = load_stage(out / "imagen-demo-base64.safetensors")
     assert stage.config.role == "base" and stage.config.unet.channels == (16, 32)
     assert torch.load(out / "state.pt", weights_only=True)["step"] == 2
+
+
+def test_demo_commands_follow_the_shipped_schedules(tmp_path):
+    from comfyui_imagen.train.__main__ import demo_commands
+
+    def calls(role, **kw):
+        out = []
+        for cmd in demo_commands(role, tmp_path / "t5.safetensors", tmp_path / role, **kw):
+            assert cmd[1:4] == ["-m", "comfyui_imagen.train", role]
+            assert cmd[cmd.index("--out-dir") + 1] == str(tmp_path / role)
+            stop = cmd[cmd.index("--stop-at") + 1] if "--stop-at" in cmd else None
+            out.append((int(cmd[cmd.index("--steps") + 1]), stop and int(stop)))
+        return out
+
+    assert calls("base") == [(4000, None), (11500, 6500), (10000, None)]
+    assert calls("sr") == [(3000, None), (7000, None)]
+    assert calls("base", stop_at=5000) == [(4000, 5000), (11500, 5000), (10000, 5000)]
+    assert calls("sr", steps=20, stop_at=5) == [(20, 5)]
+
+
+def test_a_warm_restart_resumes_and_a_finished_call_trains_nothing(t5, tmp_path):
+    """The demo schedules' semantics: a later call with more steps continues the state with its learning rate back
+    up (re-aimed cosine); repeating calls that are already done trains nothing and leaves the files as they were."""
+    stage = stage_preset("tiny-base", text_embed_dim=32)
+    config = TINY_TRAIN.replace(steps=3, lr=2e-3, lr_final=1e-4, warmup_steps=0, save_every=1)
+    run = tmp_path / "run"
+    quiet = {"stage_file": "s.safetensors", "log": lambda s: None}
+    assert len(train(stage, config, t5, run, **quiet)) == 3
+    assert len(train(stage, config.replace(steps=8), t5, run, stop_after=2, **quiet)) == 2
+    assert len(train(stage, config.replace(steps=6), t5, run, **quiet)) == 1
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    lrs = [r["lr"] for r in records]
+    assert lrs[2] < lrs[3] and lrs[3] > lrs[4] > lrs[5]  # the restart at step 4, then decay again
+    before = (run / "s.safetensors").read_bytes()
+    for steps in (3, 6):
+        assert train(stage, config.replace(steps=steps), t5, run, **quiet) == []
+    assert (run / "s.safetensors").read_bytes() == before
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 6

@@ -3,7 +3,8 @@
     python -m comfyui_imagen.train t5 OUT.safetensors                      # the demo T5 (pre-trained, frozen: minutes)
     python -m comfyui_imagen.train base --t5 T5 --out-dir RUN [options]    # one stage; resumes RUN/state.pt
     python -m comfyui_imagen.train sr   --t5 T5 --out-dir RUN [options]
-    python -m comfyui_imagen.train demo --out-dir RUN                      # all of it, base and SR side by side
+    python -m comfyui_imagen.train demo --out-dir RUN                      # all of it, base and SR side by side,
+                                                                           # each with its warm restart (DEMO_SCHEDULES)
 
 Data-parallel: launch `base`/`sr` with ``torchrun --nproc_per_node N -m comfyui_imagen.train base ...`` (gloo on the
 CPU, nccl on CUDA) or ``accelerate launch``; the batch size is per process.
@@ -17,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import PRESETS as TRAIN_PRESETS
+from .config import DEMO_SCHEDULES, PRESETS as TRAIN_PRESETS
 
 STAGE_FILES = {"base": "imagen-demo-base64.safetensors", "sr": "imagen-demo-sr256.safetensors"}
 T5_FILE = "imagen-demo-t5.safetensors"
@@ -73,8 +74,36 @@ def _train_stage(role: str, args: argparse.Namespace) -> None:
           resume=not args.no_resume, stop_after=stop_after)
 
 
+def demo_commands(role: str, t5: Path, run_dir: Path, *, steps: int | None = None,
+                  stop_at: int | None = None) -> list[list[str]]:
+    """The `train base|sr` calls that make demo stage `role` in `run_dir`, in order: `DEMO_SCHEDULES[role]` (or one
+    call of `steps`), every stop capped at `stop_at` when given (the calls past it then train nothing)."""
+    calls = DEMO_SCHEDULES[role] if steps is None else ((steps, None),)
+    commands = []
+    for total, stop in calls:
+        if stop_at is not None:
+            stop = stop_at if stop is None else min(stop, stop_at)
+        cmd = [sys.executable, "-m", "comfyui_imagen.train", role, "--t5", str(t5), "--out-dir", str(run_dir),
+               "--threads", "1", "--steps", str(total)]
+        commands.append(cmd + (["--stop-at", str(stop)] if stop is not None else []))
+    return commands
+
+
+def _run_all(commands: list[list[str]], log_path: Path) -> int:
+    """Run the commands one after another, output appended to `log_path`; the first non-zero exit code, else 0."""
+    with open(log_path, "a") as log:
+        for cmd in commands:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+            if code:
+                return code
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> None:
-    """T5, then base and SR trained side by side (one thread each), then the three files copied to --install."""
+    """T5, then base and SR trained side by side (one thread each, each through its `DEMO_SCHEDULES` calls), then the
+    three files copied to --install."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .demo_t5 import save_demo_t5
     from ..text import ByteTokenizer
 
@@ -83,18 +112,11 @@ def _demo(args: argparse.Namespace) -> None:
     t5 = out / T5_FILE
     if not t5.exists():
         save_demo_t5(t5, vocab_size=ByteTokenizer().vocab_size, seed=0, train_steps=DEMO_T5_STEPS, log=print)
-    procs = []
-    for role in ("base", "sr"):
-        cmd = [sys.executable, "-m", "comfyui_imagen.train", role, "--t5", str(t5), "--out-dir", str(out / role),
-               "--threads", "1"]
-        if args.steps:
-            cmd += ["--steps", str(args.steps)]
-        stop_at = getattr(args, f"stop_at_{role}")
-        if stop_at:
-            cmd += ["--stop-at", str(stop_at)]
-        log = open(out / f"{role}.log", "a")
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
-    codes = [p.wait() for p in procs]
+    roles = ("base", "sr")
+    with ThreadPoolExecutor(len(roles)) as pool:
+        codes = list(pool.map(lambda role: _run_all(
+            demo_commands(role, t5, out / role, steps=args.steps, stop_at=getattr(args, f"stop_at_{role}")),
+            out / f"{role}.log"), roles))
     if any(codes):
         raise SystemExit(f"training failed (exit codes {codes}); see {out}/base.log and {out}/sr.log")
     if args.install:
@@ -117,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         _stage_args(sub.add_parser(role, help=f"train a {role} stage"))
     demo = sub.add_parser("demo", help="rebuild the bundled demo cascade (T5 + base + SR)")
     demo.add_argument("--out-dir", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=None, help="override both stages' step counts")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="one run of this many steps per stage instead of the shipped schedules (DEMO_SCHEDULES)")
     demo.add_argument("--stop-at-base", type=int, default=None, help="end the base run at this step")
     demo.add_argument("--stop-at-sr", type=int, default=None, help="end the SR run at this step")
     demo.add_argument("--install", default=None, help="copy the finished files here (e.g. comfyui_imagen/demo)")
