@@ -392,7 +392,7 @@ def super_resolve(stage: "Stage", cond: Conditioning, lowres_image: torch.Tensor
     x = randn_like_items((batch, 3, height, width), generators, device=device)
     extra = _sr_extra(stage, lowres_image, batch, height, width, noise_level, generators, device)
     run = prepare(stage, cond, settings, batch, extra, generators)
-    sigmas = run.sigmas if strength >= 1 else partial_sigmas(run.sigmas, strength)
+    sigmas = partial_sigmas(run.sigmas, strength)  # the whole grid at strength 1
     x = x * sigmas[0]
     if strength < 1:
         x = x + resize(lowres_image.float(), height, width, mode="bicubic").clamp(-1, 1).to(device)
