@@ -64,12 +64,26 @@ def model_folders(kind: str) -> list[str]:
 
 
 def comfy_t5_tokenizer_dir() -> str | None:
-    """ComfyUI's bundled T5 (v1.1) tokenizer folder ``comfy/text_encoders/t5_tokenizer``, if present."""
+    """ComfyUI's bundled T5 (v1.1) tokenizer folder ``comfy/text_encoders/t5_tokenizer``, if present.
+
+    ``comfy`` is a namespace package in real ComfyUI (no ``__init__.py``: ``comfy.__file__`` is None), so the folder
+    is looked for under every entry of its ``__path__``, then under ``folder_paths.base_path``.
+    """
+    roots: list[str] = []
     comfy = _comfy("comfy")
-    if comfy is None or not getattr(comfy, "__file__", None):
-        return None
-    path = os.path.join(os.path.dirname(comfy.__file__), "text_encoders", "t5_tokenizer")
-    return path if os.path.isdir(path) else None
+    if comfy is not None:
+        if getattr(comfy, "__file__", None):
+            roots.append(os.path.dirname(comfy.__file__))
+        roots.extend(os.fspath(p) for p in getattr(comfy, "__path__", ()) or ())
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None and getattr(folder_paths, "base_path", None):
+        roots.append(os.path.join(folder_paths.base_path, "comfy"))
+    for root in roots:
+        path = os.path.join(root, "text_encoders", "t5_tokenizer")
+        if os.path.isfile(os.path.join(path, "tokenizer.json")) or os.path.isfile(
+                os.path.join(path, "tokenizer_config.json")):
+            return path
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- devices

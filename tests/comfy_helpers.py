@@ -62,12 +62,13 @@ def write_tiny_stage(path, role: str) -> None:
     save_stage(path, ImagenUNet(config.unet), config)
 
 
-def write_tiny_t5(path) -> None:
+def write_tiny_t5(path, vocab_size: int = 384) -> None:
+    """A tiny random T5 file: byte-level (the demo's vocabulary) by default, SentencePiece-sized with 32128."""
     from safetensors.torch import save_file
 
     from comfyui_imagen.train.demo_t5 import build_demo_t5
 
-    model = build_demo_t5(vocab_size=384, seed=0, **TINY_T5)
+    model = build_demo_t5(vocab_size=vocab_size, seed=0, **TINY_T5)
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 

@@ -8,7 +8,7 @@ import torch
 
 import nodes
 from nodes import comfy_compat, loaders, sampling
-from tests.comfy_helpers import DEMO_NAMES
+from tests.comfy_helpers import DEMO_NAMES, write_tiny_t5
 
 NODE_IDS = ["ImagenT5Loader", "ImagenModelLoader", "ImagenTextEncode", "ImagenBaseSampler", "ImagenSuperResolution",
             "ImagenImageToImage", "ImagenInpaint"]
@@ -145,3 +145,34 @@ def test_progress_and_cancel_hooks_are_inert_without_comfyui():
     assert comfy_compat.progress_callback(10) is None
     assert comfy_compat.interrupted() is False
     assert comfy_compat.intermediate_device() == torch.device("cpu")
+
+
+def test_t5xxl_file_gets_comfyuis_bundled_tokenizer_from_a_namespace_package(model_folders, tmp_path, monkeypatch):
+    """Real ComfyUI's ``comfy`` has no ``__init__.py`` (``comfy.__file__`` is None): its bundled
+    ``comfy/text_encoders/t5_tokenizer`` must still be found for a t5xxl file that has no tokenizer beside it."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+
+    tokenizer_src = Path(__file__).resolve().parents[2] / "shared" / "t5-v1_1-xxl"
+    comfy_root = tmp_path / "ComfyUI"
+    bundled = comfy_root / "comfy" / "text_encoders" / "t5_tokenizer"
+    bundled.mkdir(parents=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tokenizer_src / name, bundled / name)
+    write_tiny_t5(model_folders / "text_encoders" / "t5xxl_tiny.safetensors", vocab_size=32128)
+
+    for name in [m for m in sys.modules if m == "comfy" or m.startswith("comfy.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(comfy_root))
+    comfy_compat._comfy.cache_clear()
+    try:
+        import comfy
+        assert getattr(comfy, "__file__", None) is None  # a namespace package, as in ComfyUI
+        assert comfy_compat.comfy_t5_tokenizer_dir() == str(bundled)
+        (t5,) = loaders.ImagenT5Loader().load("t5xxl_tiny.safetensors")
+        ids = t5.encoder.tokenizer.tokenize(["a red circle"])[0]
+        assert ids == [3, 9, 1131, 8196]  # "▁", "a", "▁red", "▁circle": T5 v1.1's SentencePiece vocabulary
+    finally:
+        comfy_compat._comfy.cache_clear()
