@@ -2,7 +2,9 @@
 
 Runs the bundled demo cascade (frozen byte-level T5 -> 64 px base -> 256 px SR) unless other files are given: any
 stage `load_stage` reads (native, DeepFloyd IF folder or file) and any T5 `load_t5` reads, so IF's stages with IF's
-T5 run the same way. Progress is a plain bar on stderr.
+T5 run the same way. Sampling settings not given on the command line are each stage's recommended ones
+(`Stage.recommended`: the file's, IF's published ones, the library's defaults measured on the demo). Progress is a
+plain bar on stderr.
 """
 from __future__ import annotations
 
@@ -15,21 +17,8 @@ from typing import Callable, Optional
 
 import torch
 
-# The demo cascade's sampling defaults (measured by `python -m comfyui_imagen.evaluate`).
-DEMO_BASE_STEPS = 25
-DEMO_SR_STEPS = 15
-DEMO_CFG = 4.0
-DEMO_SR_CFG = 1.0
-DEMO_NOISE_LEVEL = 100
-# SR starts from the bicubic upsampling (SDEdit): the demo SR measured 37.1 dB PSNR at strength 0.15 (0.1 the same),
-# 36.7 at 0.3, 31.0 from pure noise, against bicubic's 33.9 (16 renders).
-DEMO_SR_STRENGTH = 0.15
-DEMO_SPACING = "trailing"
-# The demo base draws best with an ancestral sampler (16 prompts, 25 steps: Euler ancestral 100% fully correct, DPM++
-# 2M 94%; the previous, less trained base: 20% and 9% on 64 prompts); SR keeps the deterministic DPM++ 2M (its
-# output is judged by PSNR against the ground truth).
-DEMO_SAMPLER = "euler_ancestral"
-DEMO_SR_SAMPLER = "dpmpp_2m"
+from .samplers import SAMPLERS
+from .settings import DEFAULT_BASE, DEFAULT_SR
 
 
 @dataclass
@@ -78,22 +67,32 @@ def progress_bar(label: str, stream=None) -> Callable[[dict], None]:
     return update
 
 
-def text_to_image(cascade: Cascade, prompts: list[str], *, negative: str = "", base_settings, sr_settings=None,
-                  noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = 1.0, max_length: int = 77,
+def stage_settings(stage, seed: int = 0, **flags):
+    """The stage's recommended `SamplingSettings` with the given flags (sampler, steps, cfg, spacing: None = keep
+    the stage's) and `seed`."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    return stage.recommended.settings.replace(seed=seed, **given)
+
+
+def text_to_image(cascade: Cascade, prompts: list[str], *, negative: str = "", base_settings=None, sr_settings=None,
+                  noise_level: Optional[int] = None, sr_strength: Optional[float] = None, max_length: int = 77,
                   progress: Optional[Callable[[str], Callable]] = None) -> list[torch.Tensor]:
     """Each stage's output for `prompts` (item k seeded seed + k): [base [B,3,64,64], sr1 [B,3,256,256], ...],
-    images in -1..1. `progress(label)` may return a per-step callback; `sr_strength` see `cascade.super_resolve`."""
+    images in -1..1. Settings left None are each stage's recommended ones; `sr_settings` is one `SamplingSettings`
+    for every SR stage or a list with one per stage. `progress(label)` may return a per-step callback;
+    `sr_strength` see `cascade.super_resolve`."""
     from .cascade import Conditioning, generate, super_resolve
 
     pos = cascade.t5.encode(list(prompts), max_length=max_length)
     neg = cascade.t5.encode([negative] * len(prompts), max_length=max_length)
     cond = Conditioning(pos, neg)
+    per_sr = sr_settings if isinstance(sr_settings, (list, tuple)) else [sr_settings] * len(cascade.srs)
     callback = progress("base") if progress else None
     outs = [generate(cascade.base, cond, batch_size=len(prompts), settings=base_settings, callback=callback)]
-    for i, stage in enumerate(cascade.srs):
+    for i, (stage, settings) in enumerate(zip(cascade.srs, per_sr)):
         callback = progress(f"sr{i + 1}") if progress else None
-        outs.append(super_resolve(stage, cond, outs[-1], settings=sr_settings or base_settings,
-                                  noise_level=noise_level, strength=sr_strength, callback=callback))
+        outs.append(super_resolve(stage, cond, outs[-1], settings=settings, noise_level=noise_level,
+                                  strength=sr_strength, callback=callback))
     return outs
 
 
@@ -118,19 +117,26 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--negative", default="", help="negative prompt (default: the empty prompt)")
     g.add_argument("--seed", type=int, default=0, help="image k of the batch uses seed + k")
     g.add_argument("--batch-size", type=int, default=1)
-    g.add_argument("--steps", type=int, default=DEMO_BASE_STEPS, help="base stage sampler steps")
-    g.add_argument("--sr-steps", type=int, default=DEMO_SR_STEPS, help="super-resolution sampler steps")
-    g.add_argument("--cfg", type=float, default=DEMO_CFG, help="classifier-free guidance scale of the base stage")
-    g.add_argument("--sr-cfg", type=float, default=DEMO_SR_CFG, help="guidance scale of the SR stages")
-    g.add_argument("--sampler", default=DEMO_SAMPLER, help="base stage sampler: euler_ancestral, dpmpp_2m, ddpm, "
-                                                            "ddim, euler, heun, dpmpp_2m_sde")
-    g.add_argument("--sr-sampler", default=DEMO_SR_SAMPLER, help="sampler of the SR stages")
-    g.add_argument("--spacing", default=DEMO_SPACING, help="sigma spacing or a DeepFloyd IF preset (smart50 ...)")
-    g.add_argument("--noise-level", type=int, default=DEMO_NOISE_LEVEL,
-                   help="noise augmentation of the SR stages' input, 0..999 (IF uses 250)")
-    g.add_argument("--sr-strength", type=float, default=DEMO_SR_STRENGTH,
+    base, sr = DEFAULT_BASE.settings, DEFAULT_SR.settings
+
+    def default(value) -> str:
+        return f" (default: the stage's recommended one; the demo's: {value})"
+
+    g.add_argument("--steps", type=int, default=None, help="base stage sampler steps" + default(base.steps))
+    g.add_argument("--sr-steps", type=int, default=None, help="SR sampler steps" + default(sr.steps))
+    g.add_argument("--cfg", type=float, default=None, help="guidance scale of the base stage" + default(base.cfg))
+    g.add_argument("--sr-cfg", type=float, default=None, help="guidance scale of the SR stages" + default(sr.cfg))
+    g.add_argument("--sampler", default=None,
+                   help=f"base stage sampler, one of {', '.join(sorted(SAMPLERS))}" + default(base.sampler))
+    g.add_argument("--sr-sampler", default=None, help="sampler of the SR stages" + default(sr.sampler))
+    g.add_argument("--spacing", default=None,
+                   help="sigma spacing or a DeepFloyd IF preset (smart50 ...)" + default(base.spacing))
+    g.add_argument("--noise-level", type=int, default=None,
+                   help="noise augmentation of the SR stages' input, 0..999 (IF uses 250)"
+                        + default(DEFAULT_SR.noise_level))
+    g.add_argument("--sr-strength", type=float, default=None,
                    help="1: SR from pure noise; below 1: start from the bicubic upsampling noised to that fraction "
-                        "of the schedule (SDEdit: keeps the layout, fewer steps)")
+                        "of the schedule (SDEdit: keeps the layout, fewer steps)" + default(DEFAULT_SR.strength))
     g.add_argument("--t5", default=None, help="T5 encoder file or HF folder (default: the bundled demo T5)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder for the T5 ('byte' for byte-level models)")
     g.add_argument("--base", default=None, help="base stage file/folder (default: the bundled demo base)")
@@ -143,16 +149,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .cascade import SamplingSettings
-
     args = _parser().parse_args(argv)
     try:
         cascade = load_cascade(args.t5, args.base, [] if args.no_sr else args.sr, args.tokenizer,
                                device=args.device)
-        base = SamplingSettings(sampler=args.sampler, steps=args.steps, cfg=args.cfg, spacing=args.spacing,
-                                seed=args.seed)
-        sr = SamplingSettings(sampler=args.sr_sampler, steps=args.sr_steps, cfg=args.sr_cfg, spacing=args.spacing,
-                              seed=args.seed)
+        base = stage_settings(cascade.base, args.seed, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
+                              spacing=args.spacing)
+        sr = [stage_settings(stage, args.seed, sampler=args.sr_sampler, steps=args.sr_steps, cfg=args.sr_cfg,
+                             spacing=args.spacing) for stage in cascade.srs]
         start = time.perf_counter()
         with torch.inference_mode():
             outs = text_to_image(cascade, [args.prompt] * args.batch_size, negative=args.negative,

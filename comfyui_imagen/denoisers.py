@@ -17,16 +17,17 @@ channels, the second half v in [-1, 1]. A denoiser whose attribute ``learned_var
 """
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 
 from .schedules import Schedule
 
+# One home for the parameterization names (StageConfig's fields are typed with these).
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 VarianceType = Literal["fixed", "learned_range"]
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-VARIANCE_TYPES = ("fixed", "learned_range")
+PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+VARIANCE_TYPES: tuple[str, ...] = get_args(VarianceType)
 
 
 class Denoiser(Protocol):
@@ -70,7 +71,8 @@ class NetworkDenoiser:
     def __call__(self, x: torch.Tensor, sigma, *, return_variance: bool = False, **cond):
         sigma = sigma_batch(sigma, x)
         s = append_dims(sigma, x.ndim)
-        out = self.model((x * (1 + s * s).rsqrt()).to(x.dtype), self.schedule.sigma_to_t(sigma), **cond)
+        # the network casts its inputs to its own dtype; its output comes back in x's (the samplers' float32)
+        out = self.model(x * (1 + s * s).rsqrt(), self.schedule.sigma_to_t(sigma), **cond).to(x.dtype)
         frac = None
         if self.learned_variance:
             if out.shape[1] != 2 * x.shape[1]:
@@ -81,7 +83,7 @@ class NetworkDenoiser:
         elif out.shape[1] != x.shape[1]:
             raise ValueError(f"the model returned {out.shape[1]} channels for a {x.shape[1]}-channel input; "
                              f"if it predicts a variance too, use variance_type='learned_range'")
-        x0 = self._to_x0(x, s, out).to(x.dtype)
+        x0 = self._to_x0(x, s, out).to(x.dtype)  # s is float32 at least: IF's sigma_max^2 overflows float16
         if return_variance:
             if frac is None:
                 raise ValueError("return_variance=True needs a learned-variance denoiser (learned_variance=True)")

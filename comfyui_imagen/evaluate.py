@@ -23,8 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .cli import (DEMO_BASE_STEPS, DEMO_CFG, DEMO_NOISE_LEVEL, DEMO_SAMPLER, DEMO_SPACING, DEMO_SR_CFG,
-                  DEMO_SR_SAMPLER, DEMO_SR_STEPS, DEMO_SR_STRENGTH, Cascade, load_cascade, text_to_image)
+from .cli import Cascade, load_cascade, stage_settings, text_to_image
 
 DEFAULT_SWEEP = "ddpm:100,dpmpp_2m:10,dpmpp_2m:15,dpmpp_2m:25,euler_ancestral:25,ddim:25"
 GROUPS = ("seen/1", "heldout/1", "seen/2", "heldout/2", "all")
@@ -49,7 +48,7 @@ def _batches(items: list, size: int):
 
 
 def judge_prompts(cascade: Cascade, prompts, base_settings, sr_settings, *, batch_size: int = 16,
-                  noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = DEMO_SR_STRENGTH, with_sr: bool = True,
+                  noise_level: Optional[int] = None, sr_strength: Optional[float] = None, with_sr: bool = True,
                   images: Optional[dict] = None):
     """Generate every prompt (batch b of the list uses seed + index-in-batch) and judge each stage's output:
     returns ({"64": verdicts, "256": verdicts}, seconds per image for the whole cascade). `images`, a dict, receives
@@ -97,8 +96,8 @@ def contact_sheet(prompts, images: dict, verdicts: dict, *, per_row: int = 8, sc
     return sheet.repeat(scale, 0).repeat(scale, 1)
 
 
-def sr_psnr(cascade: Cascade, *, count: int, settings, noise_level: int, strength: float = DEMO_SR_STRENGTH,
-            seed: int = 0, batch_size: int = 8) -> dict[str, float]:
+def sr_psnr(cascade: Cascade, *, count: int, settings, noise_level: Optional[int] = None,
+            strength: Optional[float] = None, seed: int = 0, batch_size: int = 8) -> dict[str, float]:
     """PSNR of the first SR stage on ground-truth renders of `count` dataset scenes ("all" split, `seed`), against
     bicubic upsampling of the same 64 px input."""
     from .cascade import Conditioning, super_resolve
@@ -133,7 +132,7 @@ def parse_sweep(text: str) -> list[tuple[str, int]]:
 
 
 def evaluate(cascade: Cascade, *, n_seen: int, n_heldout: int, seed: int = 0, base_settings, sr_settings,
-             noise_level: int = DEMO_NOISE_LEVEL, sr_strength: float = DEMO_SR_STRENGTH,
+             noise_level: Optional[int] = None, sr_strength: Optional[float] = None,
              sweep: list[tuple[str, int]] = (), sweep_prompts: int = 8,
              psnr_count: int = 16, batch_size: int = 16, grid: Optional[str] = None, log=lambda s: None) -> dict:
     """All three measurements as one dict (see the module docstring); `grid`: also save the `contact_sheet` of the
@@ -204,8 +203,6 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .cascade import SamplingSettings
-
     p = argparse.ArgumentParser(prog="python -m comfyui_imagen.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--n-seen", type=int, default=32, help="seen prompts per group (one and two objects)")
     p.add_argument("--n-heldout", type=int, default=32, help="held-out prompts per group")
@@ -214,15 +211,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--base", default=None)
     p.add_argument("--sr", default=None)
     p.add_argument("--no-sr", action="store_true", help="judge the base stage only")
-    p.add_argument("--sampler", default=DEMO_SAMPLER, help="base stage sampler")
-    p.add_argument("--sr-sampler", default=DEMO_SR_SAMPLER)
-    p.add_argument("--steps", type=int, default=DEMO_BASE_STEPS)
-    p.add_argument("--sr-steps", type=int, default=DEMO_SR_STEPS)
-    p.add_argument("--cfg", type=float, default=DEMO_CFG)
-    p.add_argument("--sr-cfg", type=float, default=DEMO_SR_CFG)
-    p.add_argument("--noise-level", type=int, default=DEMO_NOISE_LEVEL)
-    p.add_argument("--sr-strength", type=float, default=DEMO_SR_STRENGTH)
-    p.add_argument("--spacing", default=DEMO_SPACING)
+    # sampling flags: None = the stage's recommended settings (`Stage.recommended`)
+    p.add_argument("--sampler", default=None, help="base stage sampler")
+    p.add_argument("--sr-sampler", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--sr-steps", type=int, default=None)
+    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--sr-cfg", type=float, default=None)
+    p.add_argument("--noise-level", type=int, default=None)
+    p.add_argument("--sr-strength", type=float, default=None)
+    p.add_argument("--spacing", default=None)
     p.add_argument("--sweep", default=DEFAULT_SWEEP, help="SAMPLER:STEPS,... ('' for none)")
     p.add_argument("--sweep-prompts", type=int, default=8, help="seen and held-out prompts per group in the sweep")
     p.add_argument("--psnr-count", type=int, default=16)
@@ -236,9 +234,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         cascade = load_cascade(args.t5, args.base, [] if args.no_sr else ([args.sr] if args.sr else None))
-        base = SamplingSettings(sampler=args.sampler, steps=args.steps, cfg=args.cfg, spacing=args.spacing,
-                                seed=args.seed)
-        sr = replace(base, sampler=args.sr_sampler, steps=args.sr_steps, cfg=args.sr_cfg)
+        base = stage_settings(cascade.base, args.seed, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
+                              spacing=args.spacing)
+        sr_stage = cascade.srs[0] if cascade.srs else None
+        sr = stage_settings(sr_stage or cascade.base, args.seed, sampler=args.sr_sampler, steps=args.sr_steps,
+                            cfg=args.sr_cfg, spacing=args.spacing)
+        if sr_stage is not None:  # recorded in the report as used
+            args.noise_level = sr_stage.recommended.noise_level if args.noise_level is None else args.noise_level
+            args.sr_strength = sr_stage.recommended.strength if args.sr_strength is None else args.sr_strength
         with torch.inference_mode():
             result = evaluate(cascade, n_seen=args.n_seen, n_heldout=args.n_heldout, seed=args.seed,
                               base_settings=base, sr_settings=sr, noise_level=args.noise_level,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .schedules import ContinuousSchedule, DiscreteSchedule, Schedule
+from .validation import check_int
 
 # DeepFloyd IF's named respacings: section counts for equal slices of the 1000 training steps, from
 # deepfloyd_if/modules/base.py (IFBaseModule.respacing_modes).
@@ -41,8 +42,7 @@ def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def _check_steps(steps, limit: int | None = None) -> int:
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = check_int(steps, "steps", 1)
     if limit is not None and steps > limit:
         raise ValueError(f"steps={steps} is beyond the schedule: it has only {limit} training timesteps; "
                          f"use at most {limit} steps, or a sigma spacing ('karras', 'exponential')")

@@ -244,6 +244,36 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, extra_args=None, callback=None, 
                           cancel)
 
 
+def sample_repaint(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, cancel=None, known,
+                   mask, resample: int = 4, eta: float = 1.0):
+    """RePaint, Lugmayr et al. 2022: inpainting with any denoiser by resampling; ``mask`` [B, 1, H, W] marks the
+    pixels to regenerate (1), ``known`` [B, C, H, W] holds the rest, which the result keeps exactly.
+
+    "we can sample the known regions m (.) x_t at any time step t ... while the unknown regions (1 - m) (.) x_t are
+    sampled from the model ... x_{t-1} = m (.) x^known_{t-1} + (1 - m) (.) x^unknown_{t-1}" (eq. 8-9; there m marks
+    the known pixels). The reverse step is ancestral (`ancestral_step` with ``eta``: 1 = DDPM's posterior variance,
+    0 = DDIM). "Resampling": after a step the merged sample is diffused back, x_t ~ N(sqrt(1 - beta_t) x_{t-1},
+    beta_t I) - in VE space noise of variance sigma^2 - sigma_next^2 - and the step redone, ``resample`` times in
+    all (their r; jump length 1). Start from ``known + noise * sigmas[0]``. Costs steps * resample denoiser calls.
+    """
+    extra_args = extra_args or {}
+    for i, s, s_next in _steps(x, sigmas, cancel):
+        down, up = ancestral_step(s, s_next, eta)
+        for u in range(resample):
+            x0 = denoiser(x, sigma_batch(s, x), **extra_args)
+            x = x0 + (down / s) * (x - x0)
+            if up > 0:
+                x = x + _noise(x, generator, "sample_repaint") * up
+            merged = known + _noise(x, generator, "sample_repaint") * s_next if s_next > 0 else known
+            x = mask * x + (1 - mask) * merged
+            if u < resample - 1 and s_next > 0:
+                x = x + _noise(x, generator, "sample_repaint") * math.sqrt(s * s - s_next * s_next)
+        _report(callback, i, sigmas, x, mask * x0 + (1 - mask) * known, s, s_next)
+    return x
+
+
+# What users pick for text-to-image, super-resolution and image-to-image; `sample_repaint` (which needs ``known``
+# and ``mask``) is registered apart, for inpainting.
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
@@ -253,10 +283,24 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
 }
+MASKED_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"repaint": sample_repaint}
+# The keyword options each sampler takes beyond the shared signature: callers pass only these (`sampler_options`).
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "ddim": ("eta",), "euler_ancestral": ("eta", "s_noise"), "dpmpp_2m_sde": ("eta", "s_noise"),
+    "repaint": ("known", "mask", "resample", "eta"),
+}
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
-    """The sampler function registered under `name` in `SAMPLERS`."""
-    if name not in SAMPLERS:
+    """The sampler function registered under `name` in `SAMPLERS` (or `MASKED_SAMPLERS`)."""
+    found = SAMPLERS.get(name) or MASKED_SAMPLERS.get(name)
+    if found is None:
         raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name]
+    return found
+
+
+def sampler_options(name: str, **values) -> dict:
+    """The options of `values` that sampler `name` declares in `SAMPLER_OPTIONS`, without the None ones (the
+    sampler's default then holds)."""
+    declared = SAMPLER_OPTIONS.get(name, ())
+    return {k: v for k, v in values.items() if k in declared and v is not None}

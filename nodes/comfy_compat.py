@@ -16,9 +16,11 @@ from typing import Callable
 
 import torch
 
+from comfyui_imagen.files import WEIGHT_SUFFIXES
+
 IMAGEN_FOLDER = "imagen"
 TEXT_ENCODER_FOLDER = "text_encoders"
-MODEL_EXTENSIONS = frozenset({".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"})
+MODEL_EXTENSIONS = frozenset(WEIGHT_SUFFIXES)  # what ComfyUI lists in models/imagen: the files the loaders read
 
 _fallback_folders: dict[str, list[str]] = {IMAGEN_FOLDER: [], TEXT_ENCODER_FOLDER: []}
 

@@ -1,17 +1,18 @@
 """Text encoding and the stage nodes: base sampling, super-resolution, image-to-image, inpainting.
 
-Each node unpacks its sockets, calls one function of ``comfyui_imagen.cascade`` / ``inpaint`` and packs the result
+Each node unpacks its sockets, calls one function of ``comfyui_imagen.cascade`` and packs the result
 (ComfyUI IMAGE [B, H, W, C] 0..1 on ComfyUI's intermediate device). Progress, previews and Cancel go through
 ``comfy_compat``; bad input surfaces as the library's ValueError, which ComfyUI shows on the node.
 """
 from __future__ import annotations
 
-from comfyui_imagen import cascade
+from comfyui_imagen import cascade, validation
 from comfyui_imagen.images import from_comfy_image, from_comfy_mask, to_comfy_image
 from comfyui_imagen.respacing import SPACINGS
 from comfyui_imagen.samplers import SAMPLERS
 
 from . import comfy_compat as cc
+from .declare import image_output, node
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 CATEGORY = "imagen/sampling"
@@ -30,7 +31,7 @@ def _sampling_inputs(*, steps: int, cfg: float, sampler: bool = True) -> dict:
     inputs = {
         "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
                          "tooltip": "Noise seed; image k of a batch uses seed + k."}),
-        "steps": ("INT", {"default": steps, "min": 1, "max": 1000,
+        "steps": ("INT", {"default": steps, "min": 1, "max": validation.MAX_STEPS,
                           "tooltip": "Sampler steps (ignored by the DeepFloyd IF schedules smart27 ... super100, "
                                      "which fix their own)."}),
         "cfg": ("FLOAT", {"default": cfg, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
@@ -51,10 +52,17 @@ def _sampling_inputs(*, steps: int, cfg: float, sampler: bool = True) -> dict:
 
 
 def _noise_level_input(default: int) -> dict:
-    return {"noise_level": ("INT", {"default": default, "min": 0, "max": 999,
+    return {"noise_level": ("INT", {"default": default, "min": 0, "max": validation.MAX_NOISE_LEVEL,
                                     "tooltip": "Noise augmentation of the low-resolution input on the 0..999 "
                                                "timestep scale (DeepFloyd IF stage II: 250; the demo SR: 100). "
                                                "Higher lets the stage repair more, at the cost of fidelity."})}
+
+
+def _edit_inputs(image_tooltip: str, middle: dict, *, sampler: bool = True) -> dict:
+    """Image to Image and Inpaint: stage, image, the node's own inputs, sampling, noise level; lowres optional."""
+    return {"required": {**_stage_inputs("base or super-resolution"), "image": ("IMAGE", {"tooltip": image_tooltip}),
+                         **middle, **_sampling_inputs(steps=30, cfg=7.0, sampler=sampler), **_noise_level_input(250)},
+            "optional": LOWRES_INPUT}
 
 
 LOWRES_INPUT = {"lowres_image": ("IMAGE", {"tooltip": "SR stages only: the low-resolution image to condition on "
@@ -78,15 +86,11 @@ def _lowres(lowres_image):
 
 
 # ------------------------------------------------------------------------------------------------ nodes
+@node("Imagen Text Encode (T5)", "imagen/conditioning",
+      "Encodes a prompt and a negative prompt with T5 for every stage of an Imagen cascade.",
+      "encode", (("IMAGEN_TEXT_EMBEDS", "embeds",
+                  "Prompt and negative-prompt embeddings; one output serves all stages."),))
 class ImagenTextEncode:
-    DISPLAY_NAME = "Imagen Text Encode (T5)"
-    CATEGORY = "imagen/conditioning"
-    DESCRIPTION = "Encodes a prompt and a negative prompt with T5 for every stage of an Imagen cascade."
-    RETURN_TYPES = ("IMAGEN_TEXT_EMBEDS",)
-    RETURN_NAMES = ("embeds",)
-    OUTPUT_TOOLTIPS = ("Prompt and negative-prompt embeddings; one output serves all stages.",)
-    FUNCTION = "encode"
-
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -107,25 +111,21 @@ class ImagenTextEncode:
         return (cascade.Conditioning(positive.to(device), negative.to(device)),)
 
 
+@node("Imagen Base Sampler (text to 64 px)", CATEGORY,
+      "Generates images from text with a base stage (e.g. 64x64), the first stage of a cascade.",
+      "sample", image_output("The generated images, at the base stage's resolution unless width/height say "
+                             "otherwise."))
 class ImagenBaseSampler:
-    DISPLAY_NAME = "Imagen Base Sampler (text to 64 px)"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Generates images from text with a base stage (e.g. 64x64), the first stage of a cascade."
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The generated images, at the base stage's resolution unless width/height say otherwise.",)
-    FUNCTION = "sample"
-
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             **_stage_inputs("a base stage"),
             **_sampling_inputs(steps=30, cfg=7.0),
-            "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8,
+            "width": ("INT", {"default": 0, "min": 0, "max": validation.MAX_SIDE, "step": 8,
                               "tooltip": "Output width, a multiple of 8; 0 = the model's resolution."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8,
+            "height": ("INT", {"default": 0, "min": 0, "max": validation.MAX_SIDE, "step": 8,
                                "tooltip": "Output height, a multiple of 8; 0 = the model's resolution."}),
-            "batch_size": ("INT", {"default": 1, "min": 1, "max": cascade.MAX_BATCH,
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": validation.MAX_BATCH,
                                    "tooltip": "Images per run."}),
         }}
 
@@ -136,17 +136,12 @@ class ImagenBaseSampler:
                     batch_size=batch_size, settings=settings, steps=steps)
 
 
+@node("Imagen Super-Resolution (SR stage)", CATEGORY,
+      "Upscales images with a super-resolution stage (64 -> 256, 256 -> 1024), conditioned on the prompt. Takes "
+      "an IMAGE from any node, of any size.",
+      "upscale", image_output("The upscaled images: the SR stage's resolution (e.g. 256x256, or 1024x1024 for a "
+                              "256 -> 1024 stage) unless width/height say otherwise."))
 class ImagenSuperResolution:
-    DISPLAY_NAME = "Imagen Super-Resolution (SR stage)"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("Upscales images with a super-resolution stage (64 -> 256, 256 -> 1024), conditioned on the "
-                   "prompt. Takes an IMAGE from any node, of any size.")
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The upscaled images: the SR stage's resolution (e.g. 256x256, or 1024x1024 for a "
-                       "256 -> 1024 stage) unless width/height say otherwise.",)
-    FUNCTION = "upscale"
-
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -156,11 +151,11 @@ class ImagenSuperResolution:
                                            "1024x1024 for a 256 -> 1024 stage)."}),
             **_noise_level_input(250),
             **_sampling_inputs(steps=30, cfg=4.0),
-            "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8,
+            "width": ("INT", {"default": 0, "min": 0, "max": validation.MAX_SIDE, "step": 8,
                               "tooltip": "Output width; 0 = the stage's resolution (256 for a 64 -> 256 stage). "
                                          "The input is resized to width x input/output ratio, so a fully "
                                          "convolutional 4x stage makes 1024 from a 256 image at width 1024."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8,
+            "height": ("INT", {"default": 0, "min": 0, "max": validation.MAX_SIDE, "step": 8,
                                "tooltip": "Output height; 0 = the stage's resolution."}),
         }, "optional": {
             "strength": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
@@ -177,31 +172,18 @@ class ImagenSuperResolution:
                     settings=settings, width=width or None, height=height or None, strength=strength, steps=steps)
 
 
+@node("Imagen Image to Image (SDEdit)", CATEGORY,
+      "Re-draws an image with a base or SR stage: noise it to 'strength', then denoise towards the prompt "
+      "(SDEdit). The image size must suit the stage (e.g. 64x64 for a 64 px base).",
+      "edit", image_output("The edited images, same size as the input."))
 class ImagenImageToImage:
-    DISPLAY_NAME = "Imagen Image to Image (SDEdit)"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("Re-draws an image with a base or SR stage: noise it to 'strength', then denoise towards the "
-                   "prompt (SDEdit). The image size must suit the stage (e.g. 64x64 for a 64 px base).")
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The edited images, same size as the input.",)
-    FUNCTION = "edit"
-
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                **_stage_inputs("base or super-resolution"),
-                "image": ("IMAGE", {"tooltip": "The image to edit, at a size the stage handles (multiples of 8, "
-                                               "e.g. 64x64 for a base stage; use ImageScale first)."}),
-                "strength": ("FLOAT", {"default": 0.6, "min": 0.01, "max": 1.0, "step": 0.01,
-                                       "tooltip": "How much to change: 1 = ignore the image, 0.3 = keep its "
-                                                  "layout and colours."}),
-                **_sampling_inputs(steps=30, cfg=7.0),
-                **_noise_level_input(250),
-            },
-            "optional": LOWRES_INPUT,
-        }
+        return _edit_inputs("The image to edit, at a size the stage handles (multiples of 8, e.g. 64x64 for a base "
+                            "stage; use ImageScale first).", {
+                                "strength": ("FLOAT", {"default": 0.6, "min": 0.01, "max": 1.0, "step": 0.01,
+                                                       "tooltip": "How much to change: 1 = ignore the image, 0.3 = "
+                                                                  "keep its layout and colours."})})
 
     def edit(self, model, embeds, image, strength, seed, steps, cfg, sampler, schedule, dynamic_threshold,
              noise_level, lowres_image=None):
@@ -210,38 +192,24 @@ class ImagenImageToImage:
                     settings=settings, lowres_image=_lowres(lowres_image), noise_level=noise_level, steps=steps)
 
 
+@node("Imagen Inpaint (RePaint)", CATEGORY,
+      "Regenerates the masked part of an image (white = regenerate) with a base or SR stage, by RePaint "
+      "resampling: no inpainting-trained model needed.",
+      "inpaint", image_output("The images with the masked area regenerated and the rest kept exactly."))
 class ImagenInpaint:
-    DISPLAY_NAME = "Imagen Inpaint (RePaint)"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("Regenerates the masked part of an image (white = regenerate) with a base or SR stage, by "
-                   "RePaint resampling: no inpainting-trained model needed.")
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The images with the masked area regenerated and the rest kept exactly.",)
-    FUNCTION = "inpaint"
-
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                **_stage_inputs("base or super-resolution"),
-                "image": ("IMAGE", {"tooltip": "The image, at a size the stage handles (e.g. 64x64 for a base "
-                                               "stage; use ImageScale first)."}),
-                "mask": ("MASK", {"tooltip": "Same size as the image; 1 (white) = regenerate. Paint it in "
-                                             "LoadImage's mask editor."}),
-                "resample": ("INT", {"default": 4, "min": 1, "max": 20,
-                                     "tooltip": "RePaint's resampling passes per step (r): more = better blending, "
-                                                "r times slower; 1 = plain replacement."}),
-                **_sampling_inputs(steps=30, cfg=7.0, sampler=False),
-                **_noise_level_input(250),
-            },
-            "optional": LOWRES_INPUT,
-        }
+        return _edit_inputs("The image, at a size the stage handles (e.g. 64x64 for a base stage; use ImageScale "
+                            "first).", {
+                                "mask": ("MASK", {"tooltip": "Same size as the image; 1 (white) = regenerate. "
+                                                             "Paint it in LoadImage's mask editor."}),
+                                "resample": ("INT", {"default": 4, "min": 1, "max": validation.MAX_RESAMPLE,
+                                                     "tooltip": "RePaint's resampling passes per step (r): more = "
+                                                                "better blending, r times slower; 1 = plain "
+                                                                "replacement."})}, sampler=False)
 
     def inpaint(self, model, embeds, image, mask, resample, seed, steps, cfg, schedule, dynamic_threshold,
                 noise_level, lowres_image=None):
-        from comfyui_imagen.inpaint import inpaint
-
         settings = _settings(seed, steps, cfg, schedule, dynamic_threshold)
-        return _run(inpaint, model, embeds, from_comfy_image(image), from_comfy_mask(mask), settings=settings,
+        return _run(cascade.inpaint, model, embeds, from_comfy_image(image), from_comfy_mask(mask), settings=settings,
                     resample=resample, lowres_image=_lowres(lowres_image), noise_level=noise_level, steps=steps)

@@ -15,6 +15,8 @@ import torch
 from comfyui_imagen import cascade, images, inpaint as inpaint_mod
 from comfyui_imagen.cascade import Conditioning, SamplingSettings
 from comfyui_imagen.schedules import get_schedule
+from comfyui_imagen.stage import Stage, StageConfig
+from comfyui_imagen.unet import UNetConfig
 
 D = 8
 SCHEDULE = get_schedule("squaredcos_cap_v2", 1000)
@@ -64,10 +66,10 @@ class GaussToy(torch.nn.Module):
 
 
 def stage(unet, role="base", resolution=16, lowres=None):
-    config = SimpleNamespace(role=role, resolution=resolution, lowres_resolution=lowres, prediction_type="epsilon",
-                             variance_type="fixed", schedule="squaredcos_cap_v2", num_train_timesteps=1000,
-                             text_embed_dim=D)
-    return SimpleNamespace(unet=unet, config=config)
+    """A `Stage` around a toy network (its U-Net config only states the text width and the role)."""
+    net = UNetConfig(channels=(8,), layers=(1,), attention=("cross",), mid_attention="cross", lowres_cond=role == "sr",
+                     text_embed_dim=D, cond_dim=8, head_dim=8, pool_heads=1, norm_groups=4)
+    return Stage(unet=unet, config=StageConfig(role=role, resolution=resolution, lowres_resolution=lowres, unet=net))
 
 
 FAST = SamplingSettings(sampler="euler", steps=6, cfg=1.0, spacing="karras", seed=3)

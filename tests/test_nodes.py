@@ -82,7 +82,7 @@ def test_text_to_image_then_super_resolution(chain):
     base, sr, embeds = chain
     (image,) = sampling.ImagenBaseSampler().sample(base, embeds, width=0, height=32, batch_size=2, **FAST)
     assert image.shape == (2, 32, 64, 3) and image.dtype == torch.float32
-    assert 0 <= float(image.min()) and float(image.max()) <= 1
+    assert image.std() > 0.1 and not torch.equal(image[0], image[1])  # a picture per seed (measured: std 0.49)
     (big,) = sampling.ImagenSuperResolution().upscale(sr, embeds, image, noise_level=100, width=0, height=0, **ONE)
     assert big.shape == (2, 256, 256, 3)
     (huge,) = sampling.ImagenSuperResolution().upscale(sr, embeds, big[:1], noise_level=100, width=512, height=512,

@@ -1,5 +1,5 @@
 """The trainer on tiny configs: the loss goes down, resuming repeats an uninterrupted run exactly, data-parallel
-training runs on two CPU processes (gloo), and the saved stage file loads."""
+training runs on two CPU processes (gloo), and the saved stage file loads, with the TrainConfig that trained it."""
 import json
 import os
 import signal
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from comfyui_imagen.checkpoints import load_stage
+from comfyui_imagen.checkpoints.native import read_train_config
 from comfyui_imagen.schedules import get_schedule
 from comfyui_imagen.text import EmbeddingCache, load_t5
 from comfyui_imagen.train.batches import draw_batch, step_generator
@@ -83,6 +84,7 @@ def test_resume_repeats_an_uninterrupted_run(t5, tmp_path):
     assert first + rest == whole
     a, b = load_stage(tmp_path / "a" / "s.safetensors"), load_stage(tmp_path / "b" / "s.safetensors")
     assert a.config == stage
+    assert a.train_config == b.train_config == config  # what trained it travels in the stage file
     for (ka, va), (kb, vb) in zip(a.unet.state_dict().items(), b.unet.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
     logged = [json.loads(line)["step"] for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
@@ -109,6 +111,7 @@ def test_two_process_data_parallel_on_gloo(t5_path, tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     stage = load_stage(out / "imagen-demo-base64.safetensors")
     assert stage.config.role == "base" and stage.config.unet.channels == (16, 32)
+    assert stage.train_config == TINY_TRAIN.replace(steps=2, save_every=2)  # the preset and the flags
     assert torch.load(out / "state.pt", weights_only=True)["step"] == 2
 
 
@@ -148,4 +151,5 @@ def test_a_warm_restart_resumes_and_a_finished_call_trains_nothing(t5, tmp_path)
     for steps in (3, 6):
         assert train(stage, config.replace(steps=steps), t5, run, **quiet) == []
     assert (run / "s.safetensors").read_bytes() == before
+    assert read_train_config(run / "s.safetensors") == config.replace(steps=6)  # the last call that wrote it
     assert torch.load(run / "state.pt", weights_only=True)["step"] == 6

@@ -1,4 +1,5 @@
 """The trainer's math against known answers and against the denoiser wrappers it must agree with."""
+import json
 import math
 
 import pytest
@@ -6,10 +7,9 @@ import torch
 
 from comfyui_imagen.denoisers import make_denoiser
 from comfyui_imagen.schedules import get_schedule
-from comfyui_imagen.train.config import TrainConfig
+from comfyui_imagen.train.config import TrainConfig, warmup_cosine
 from comfyui_imagen.train.ema import EMA, ema_decay_at
 from comfyui_imagen.train.objective import prediction_target, q_sample, snr_loss_weights, weighted_mse
-from comfyui_imagen.train.trainer import learning_rate
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -57,10 +57,25 @@ def test_weighted_mse_known_value():
 
 def test_learning_rate_warmup_and_cosine_ends():
     c = TrainConfig(steps=110, lr=1e-3, lr_final=1e-4, warmup_steps=10)
-    assert learning_rate(0, c) == pytest.approx(1e-4)
-    assert learning_rate(9, c) == pytest.approx(1e-3)
-    assert learning_rate(60, c) == pytest.approx(0.5 * (1e-3 + 1e-4))
-    assert learning_rate(110, c) == pytest.approx(1e-4)
+    assert c.learning_rate(0) == pytest.approx(1e-4)
+    assert c.learning_rate(9) == pytest.approx(1e-3)
+    assert c.learning_rate(60) == pytest.approx(0.5 * (1e-3 + 1e-4))
+    assert c.learning_rate(110) == pytest.approx(1e-4)
+
+
+def test_warmup_cosine_known_values():
+    """By hand, 4 warm-up steps then a cosine over the remaining 8 from 1 to 0.2: warm-up (s + 1) / 4; at step
+    4 + k the cosine is 0.2 + 0.4 (1 + cos(pi k / 8)), cos(pi / 4) = sqrt(2) / 2, cos(pi / 2) = 0."""
+    kw = dict(steps=12, lr=1.0, lr_final=0.2, warmup_steps=4)
+    assert [warmup_cosine(s, **kw) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert warmup_cosine(4, **kw) == pytest.approx(1.0)
+    assert warmup_cosine(6, **kw) == pytest.approx(0.2 + 0.4 * (1 + math.sqrt(2) / 2))  # 0.88284
+    assert warmup_cosine(8, **kw) == pytest.approx(0.6)
+    assert warmup_cosine(12, **kw) == pytest.approx(0.2) and warmup_cosine(50, **kw) == pytest.approx(0.2)
+    # no warm-up, to zero (the demo T5's shape): a quarter of the way the cosine is (1 + sqrt(2)/2) / 2 = 0.85355
+    assert warmup_cosine(0, steps=100, lr=2.0) == pytest.approx(2.0)
+    assert warmup_cosine(25, steps=100, lr=2.0) == pytest.approx(1.0 + math.sqrt(2) / 2)
+    assert warmup_cosine(100, steps=100, lr=2.0) == 0.0
 
 
 def test_ema_follows_the_decay_formula():
@@ -72,6 +87,13 @@ def test_ema_follows_the_decay_formula():
     assert float(ema.shadow.weight) == pytest.approx(0.1)
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
     assert not ema.shadow.weight.requires_grad
+
+
+def test_config_dict_round_trip_refuses_unknown_fields():
+    c = TrainConfig(steps=7, lr=3e-4, weighting="p2", precision="bf16", crop=64)
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({**c.to_dict(), "momentum": 0.9})
 
 
 def test_config_rejects_bad_values():

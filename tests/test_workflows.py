@@ -97,4 +97,5 @@ def test_workflow_runs_through_the_nodes_on_tiny_models(name, classes, model_fol
     (prefix, images), = [s for s in ch.SaveImage.saved if s[0] != "preview"]
     assert prefix.startswith("imagen/")
     assert tuple(images.shape) == (*OUTPUT_SIZES[name], 3)
-    assert 0 <= float(images.min()) and float(images.max()) <= 1
+    # drawn by the tiny stages (measured std 0.48), or ComfyUI's stub VAE decode (all 0.5) after SD x4
+    assert images.std() > 0.1 if "sd_x4" not in name else bool((images == 0.5).all())

@@ -35,6 +35,7 @@ PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
 START_TIMEOUT = 240
 RUN_TIMEOUT = 600
 PREVIEW_IMAGE = 1  # ComfyUI's BinaryEventTypes.PREVIEW_IMAGE
+T5XXL_TINY = "t5xxl_tiny_fp16.safetensors"  # a t5xxl-style name with T5 v1.1's SentencePiece-sized vocabulary
 
 
 # ------------------------------------------------------------------------------------------------ minimal websocket
@@ -156,6 +157,7 @@ def server(tmp_path_factory):
     write_tiny_stage(models / "imagen" / DEMO_NAMES["base"], "base")
     write_tiny_stage(models / "imagen" / DEMO_NAMES["sr"], "sr")
     write_tiny_t5(models / "text_encoders" / DEMO_NAMES["t5"])
+    write_tiny_t5(models / "text_encoders" / T5XXL_TINY, vocab_size=32128)  # no tokenizer beside it
     config = root / "extra_model_paths.yaml"
     config.write_text(f"imagen_test:\n    base_path: {models}\n    imagen: imagen\n    text_encoders: text_encoders\n"
                       f"    custom_nodes: {custom}\n")
@@ -252,6 +254,27 @@ def test_interrupt_stops_a_long_run_and_the_server_keeps_serving(server):
     assert events[-1]["type"] == "execution_interrupted"
     assert time.time() - start < 120
     assert server.get("/system_stats")
+
+
+def test_t5xxl_file_without_a_tokenizer_uses_comfyuis_bundled_one(server):
+    """Real ComfyUI's ``comfy`` is a namespace package (no ``__init__.py``): the T5 Loader must still find the
+    bundled ``comfy/text_encoders/t5_tokenizer`` for a t5xxl file that has no tokenizer beside it."""
+    prompt = {
+        "1": {"class_type": "ImagenT5Loader", "inputs": {"t5_name": T5XXL_TINY, "dtype": "default"}},
+        "2": {"class_type": "ImagenTextEncode",
+              "inputs": {"t5": ["1", 0], "prompt": "a red circle", "negative_prompt": "", "max_length": 77}},
+        "3": {"class_type": "ImagenModelLoader", "inputs": {"model_name": DEMO_NAMES["base"], "dtype": "default"}},
+        "4": {"class_type": "ImagenBaseSampler",
+              "inputs": {"model": ["3", 0], "embeds": ["2", 0], "seed": 1, "steps": 1, "cfg": 4.0,
+                         "sampler": "euler_ancestral", "schedule": "karras", "dynamic_threshold": 0.95, "width": 0,
+                         "height": 0, "batch_size": 1}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "imagen/t5xxl"}},
+    }
+    prompt_id, events = server.run(prompt)
+    assert events[-1]["type"] == "execution_success", events[-1]["data"].get("exception_message", events[-3:])
+    saved = [img for out in server.history(prompt_id)["outputs"].values() for img in out.get("images", [])
+             if img["type"] == "output"]
+    assert len(saved) == 1 and (server.output / saved[0]["subfolder"] / saved[0]["filename"]).is_file()
 
 
 def test_bad_input_is_a_node_error_and_the_server_keeps_serving(server):

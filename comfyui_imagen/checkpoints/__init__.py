@@ -1,11 +1,13 @@
 """Stage checkpoints: our native safetensors format, DeepFloyd IF (diffusers folder or lone file), safe loading.
 
-`load_stage(path, dtype=None) -> Stage` reads any of them; `save_stage(path, unet, config)` writes the native one.
+`load_stage(path, dtype=None) -> Stage` reads any of them; `save_stage(path, unet, config, train_config=None)` writes
+the native one. `Stage` and `StageConfig` live in `comfyui_imagen.stage` (re-exported here); the weight reading is
+`comfyui_imagen.files`.
 """
+from ..stage import IF_STAGES, Stage, StageConfig, if_stage_config
 from .errors import CheckpointError
-from .loader import classify, load_stage
-from .native import save_stage
-from .stage import IF_STAGES, Stage, StageConfig, if_stage_config
+from .loader import STAGE_DTYPES, classify, load_stage
+from .native import read_train_config, save_stage
 
-__all__ = ["CheckpointError", "IF_STAGES", "Stage", "StageConfig", "classify", "if_stage_config", "load_stage",
-           "save_stage"]
+__all__ = ["CheckpointError", "IF_STAGES", "STAGE_DTYPES", "Stage", "StageConfig", "classify", "if_stage_config",
+           "load_stage", "read_train_config", "save_stage"]

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from ..files import IF_PROBE_KEYS, Weights, open_weights
 from ..unet.config import IF_SKIP_SCALE, UNetConfig
 from .errors import CheckpointError
-from .stage import Stage, StageConfig, if_stage_config
-from .tensors import Weights, build_on_meta, open_weights
+from ..stage import Stage, StageConfig, if_stage_config
+from .tensors import build_on_meta
 
 # Fields our architecture fixes: field -> (diffusers' default when absent, the values IF uses). Anything else is
 # refused by name (a Stable Diffusion U-Net fails on its block types or time-embedding norm, for instance).
@@ -94,8 +95,6 @@ def unet_config_from_diffusers(cfg: dict, source: str | Path = "config.json") ->
 
 
 _LEVEL_KEY = re.compile(r"^down_blocks\.(\d+)\.resnets\.(\d+)\.conv1\.weight$")
-IF_PROBE_KEYS = ("conv_in.weight", "conv_out.weight", "encoder_hid_proj.weight", "add_embedding.pool.q_proj.weight",
-                 "time_embedding.linear_1.weight", "mid_block.attentions.0.to_q.weight")
 
 
 def infer_unet_config(shapes: dict[str, tuple[int, ...]], source: str | Path = "the file") -> UNetConfig:
@@ -204,7 +203,12 @@ def load_if_file(weights: Weights, dtype: torch.dtype | None = None) -> Stage:
     """An IF stage from a lone diffusers-named weights file, its config inferred from the tensor shapes."""
     from ..unet import ImagenUNet
 
-    unet_config = infer_unet_config(weights.shapes, weights.path)
+    try:
+        unet_config = infer_unet_config(weights.shapes, weights.path)
+    except CheckpointError as e:  # our own U-Net's keys are IF's: a native file that lost its metadata lands here
+        raise CheckpointError(f"{e}. If it is a comfyui-imagen stage file, its stage config is missing from its "
+                              "metadata (a tool that rewrote it dropped it): export it again with "
+                              "comfyui_imagen.checkpoints.save_stage") from e
     stage: StageConfig = if_stage_config(unet_config, name=weights.path.stem)
     unet = build_on_meta(lambda: ImagenUNet(unet_config), weights, dtype=dtype)
     return Stage(unet=unet, config=stage, source=str(weights.path))

@@ -2,45 +2,70 @@
 
 Tensor names are the U-Net's state-dict keys (diffusers' names, see `comfyui_imagen.unet.model`), so a native file
 and a DeepFloyd IF file differ only in where the config comes from.
+
+Metadata (all strings): ``comfyui_imagen.format`` the format version; ``comfyui_imagen.stage`` the `StageConfig` as
+JSON; ``comfyui_imagen.train`` (optional) the `TrainConfig` that trained the stage, as JSON. Versions:
+
+    stage-v1   format and stage keys (the files shipped until the Stage redesign; tests/fixtures keeps frozen ones)
+    stage-v2   the StageConfig may carry ``sampling`` (the stage's recommended settings), which a v1 reader refuses;
+               the optional train key
+
+Every version stays readable; the written one changes whenever a reader of the previous one would refuse or misread
+a file (a new StageConfig field does: `StageConfig.from_dict` refuses fields it does not know).
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from torch import nn
 
+from ..stage import Stage, StageConfig
 from .errors import CheckpointError
-from .stage import Stage, StageConfig
 from .tensors import Weights, build_on_meta
+
+if TYPE_CHECKING:
+    from ..train.config import TrainConfig
 
 FORMAT_KEY = "comfyui_imagen.format"
 STAGE_KEY = "comfyui_imagen.stage"
-FORMAT = "stage-v1"
+TRAIN_KEY = "comfyui_imagen.train"
+FORMAT = "stage-v2"  # what save_stage writes
+READABLE_FORMATS = ("stage-v1", "stage-v2")
 
 
 def is_native(weights: Weights) -> bool:
-    return STAGE_KEY in weights.metadata
+    """A comfyui-imagen stage file: its metadata names our format (or, without it, holds a stage config)."""
+    return FORMAT_KEY in weights.metadata or STAGE_KEY in weights.metadata
 
 
-def save_stage(path: str | os.PathLike, unet: nn.Module, config: StageConfig) -> Path:
+def save_stage(path: str | os.PathLike, unet: nn.Module, config: StageConfig,
+               train_config: TrainConfig | None = None) -> Path:
     """Write `unet`'s weights and `config` to `path` (``.safetensors``), atomically (a temporary file, then rename:
-    a reader of the old file never sees a half-written one). Tensors keep their dtype. Returns the path."""
+    a reader of the old file never sees a half-written one). Tensors keep their dtype. `train_config`, the
+    `comfyui_imagen.train.TrainConfig` that trained the stage, goes into the metadata beside it. Returns the path."""
     from safetensors.torch import save_file
+
+    from ..train.config import TrainConfig
 
     path = Path(path)
     if path.suffix not in (".safetensors", ".sft"):
         raise ValueError(f"save_stage writes safetensors; give a path ending in .safetensors, not {path.name!r}")
     if not isinstance(config, StageConfig):
         raise ValueError(f"save_stage needs a StageConfig, got {type(config).__name__}")
+    if train_config is not None and not isinstance(train_config, TrainConfig):
+        raise ValueError(f"save_stage: train_config must be a TrainConfig or None, got {type(train_config).__name__}")
     own = getattr(unet, "config", None)
     if own is not None and own != config.unet:
         raise ValueError("save_stage: the U-Net's own config differs from config.unet; pass the StageConfig it was "
                          "built from (or config.replace(unet=unet.config))")
     state = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
     metadata = {"format": "pt", FORMAT_KEY: FORMAT, STAGE_KEY: json.dumps(config.to_dict(), sort_keys=True)}
+    if train_config is not None:
+        metadata[TRAIN_KEY] = json.dumps(train_config.to_dict(), sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -52,21 +77,61 @@ def save_stage(path: str | os.PathLike, unet: nn.Module, config: StageConfig) ->
     return path
 
 
-def read_stage_config(weights: Weights) -> StageConfig:
-    """The `StageConfig` stored in a native file's metadata (CheckpointError if it is unreadable)."""
-    fmt = weights.metadata.get(FORMAT_KEY)
-    if fmt != FORMAT:
-        raise CheckpointError(f"{weights.path} is a comfyui-imagen stage of format {fmt!r}, which this version does "
-                              f"not read (it reads {FORMAT!r}); update the custom node")
+def _check_format(metadata: Mapping[str, str], source) -> None:
+    fmt = metadata.get(FORMAT_KEY)
+    if fmt not in READABLE_FORMATS:
+        raise CheckpointError(f"{source} is a comfyui-imagen stage of format {fmt!r}, which this version does not "
+                              f"read (it reads {', '.join(map(repr, READABLE_FORMATS))}); update the custom node")
+
+
+def stage_config_from_metadata(metadata: Mapping[str, str], source="the file") -> StageConfig:
+    """The `StageConfig` in a native file's metadata; CheckpointError naming `source` if it is absent, of a format
+    this version does not read, or invalid."""
+    _check_format(metadata, source)
+    if STAGE_KEY not in metadata:
+        raise CheckpointError(f"{source} is a comfyui-imagen stage file, but its stage config is missing from its "
+                              f"metadata (key {STAGE_KEY!r}; a tool that rewrote the file may have dropped it): "
+                              "export the stage again with comfyui_imagen.checkpoints.save_stage")
     try:
-        return StageConfig.from_dict(json.loads(weights.metadata[STAGE_KEY]))
+        return StageConfig.from_dict(json.loads(metadata[STAGE_KEY]))
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{weights.path}: the stage config in its metadata is invalid: {e}") from e
+        raise CheckpointError(f"{source}: the stage config in its metadata is invalid: {e}") from e
+
+
+def train_config_from_metadata(metadata: Mapping[str, str], source="the file") -> TrainConfig | None:
+    """The `TrainConfig` that trained a native stage, from its metadata; None when the file records none (every
+    stage-v1 file). CheckpointError naming `source` if the record is invalid."""
+    from ..train.config import TrainConfig
+
+    if TRAIN_KEY not in metadata:
+        return None
+    _check_format(metadata, source)
+    try:
+        return TrainConfig.from_dict(json.loads(metadata[TRAIN_KEY]))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{source}: the train config in its metadata is invalid: {e}") from e
+
+
+def read_stage_config(weights: Weights) -> StageConfig:
+    """The `StageConfig` stored in a native file's metadata (CheckpointError if it is missing or unreadable)."""
+    return stage_config_from_metadata(weights.metadata, weights.path)
+
+
+def read_train_config(path: str | os.PathLike) -> TrainConfig | None:
+    """The `TrainConfig` stored in stage file `path`, or None (a file without one: stage-v1, one not trained by
+    `comfyui_imagen.train`, a DeepFloyd IF file). Reads the header only; CheckpointError for a missing or damaged
+    file."""
+    from ..files import open_weights, raised_as
+
+    with raised_as(CheckpointError):
+        weights = open_weights(Path(path).expanduser())
+        return train_config_from_metadata(weights.metadata, weights.path)
 
 
 def load_native(weights: Weights, dtype: torch.dtype | None = None) -> Stage:
     from ..unet import ImagenUNet
 
     config = read_stage_config(weights)
+    train_config = train_config_from_metadata(weights.metadata, weights.path)
     unet = build_on_meta(lambda: ImagenUNet(config.unet), weights, dtype=dtype)
-    return Stage(unet=unet, config=config, source=str(weights.path))
+    return Stage(unet=unet, config=config, source=str(weights.path), train_config=train_config)

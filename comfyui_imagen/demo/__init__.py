@@ -1,7 +1,8 @@
 """The bundled demo cascade: a frozen byte-level T5, a 64 px base stage and a 64 -> 256 px SR stage, trained on the
 procedural "shapes" domain (see `comfyui_imagen.data`) with ``python -m comfyui_imagen.train demo``.
 
-Only paths live here; nothing is read at import.
+Only paths live here (the one home of the file names: the trainer's ``demo`` command writes these); nothing is
+read at import.
 """
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ def demo_files() -> dict[str, Path]:
                          f"(git checkout -- comfyui_imagen/demo) or rebuild them with "
                          f"`python -m comfyui_imagen.train demo --install comfyui_imagen/demo`")
     return dict(FILES)
+
+
+def present_files() -> dict[str, Path]:
+    """The bundled files that exist, by role: what the loaders list beside the user's own models."""
+    return {role: path for role, path in FILES.items() if path.is_file()}

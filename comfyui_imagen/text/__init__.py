@@ -10,13 +10,14 @@ Importing this package reads no file and imports no transformers (tokenizer load
 """
 from .cleaning import PREPROCESS_MODES, clean_caption, preprocess
 from .config import PRESETS, T5_V1_1_LARGE, T5_V1_1_XXL, T5EncoderConfig, expected_shapes, infer_config
-from .encoder import (EmbeddingCache, T5TextEncoder, TextEmbeds, cpu_has_fast_bf16, load_t5, pick_compute_dtype)
+from .encoder import (T5_DTYPES, EmbeddingCache, T5TextEncoder, TextEmbeds, cpu_has_fast_bf16, load_t5,
+                      pick_compute_dtype)
 from .errors import TextEncoderError, TextEncoderWarning
 from .fp8 import dequantize, quantize_fp8, to_fp8_state_dict
 from .model import T5Encoder
 from .tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, find_tokenizer, load_tokenizer, pad_and_truncate
 
-__all__ = ["ByteTokenizer", "EmbeddingCache", "HFTokenizer", "PREPROCESS_MODES", "PRESETS", "T5Encoder",
+__all__ = ["ByteTokenizer", "EmbeddingCache", "HFTokenizer", "PREPROCESS_MODES", "PRESETS", "T5_DTYPES", "T5Encoder",
            "T5EncoderConfig", "T5TextEncoder", "T5_V1_1_LARGE", "T5_V1_1_XXL", "TextEmbeds", "TextEncoderError",
            "TextEncoderWarning", "Tokenizer", "clean_caption", "cpu_has_fast_bf16", "dequantize", "expected_shapes",
            "find_tokenizer", "infer_config", "load_t5", "load_tokenizer", "pad_and_truncate", "pick_compute_dtype",

@@ -18,6 +18,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from ..files import raised_as
 from .cleaning import PREPROCESS_MODES, Preprocess, preprocess
 from .config import describe
 from .errors import TextEncoderError, TextEncoderWarning
@@ -30,7 +31,10 @@ log = logging.getLogger(__name__)
 
 MAX_LENGTH_LIMIT = 1024
 BYTE_VOCAB_LIMIT = 512           # a model with an embedding table this small was trained on bytes (ByT5: 384 rows)
-STORAGE_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
+# load_t5's storage dtype choices by name ("default" keeps the file's): what the T5 loader node offers
+T5_DTYPES = {"default": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+             "fp8_e4m3fn": torch.float8_e4m3fn}
+STORAGE_DTYPES = (*T5_DTYPES.values(), torch.float8_e5m2)
 
 
 class TextEmbeds(NamedTuple):
@@ -246,7 +250,9 @@ class T5TextEncoder:
                 f"compute_dtype={self.compute_dtype})")
 
 
-def _resolve_tokenizer(tokenizer, path: Path, vocab_size: int) -> Tokenizer:
+def _resolve_tokenizer(tokenizer, path: Path, vocab_size: int, fallback) -> Tokenizer:
+    """The one tokenizer choice: the given one; else a folder beside the model; else bytes for a byte-sized
+    embedding table; else `fallback` (a standard T5 v1.1 vocabulary, shared by every t5xxl file and IF's encoder)."""
     if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
         return tokenizer                          # a ready tokenizer object
     if tokenizer is not None:
@@ -258,46 +264,42 @@ def _resolve_tokenizer(tokenizer, path: Path, vocab_size: int) -> Tokenizer:
         log.info("%s: no tokenizer folder found and the embedding table has %d rows: using byte tokens", path,
                  vocab_size)
         return ByteTokenizer()
+    if fallback is not None:
+        return load_tokenizer(fallback)
     raise TextEncoderError(f"no tokenizer found for {path}; " + TOKENIZER_HELP)
 
 
-def _storage_dtype(model: T5Encoder) -> torch.dtype:
-    """The dtype holding most of the weights (the linear layers'): what picks the compute dtype."""
-    counts: dict[torch.dtype, int] = {}
-    for p in model.parameters():
-        counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
-    return max(counts, key=counts.get)
-
-
 def load_t5(path: str | Path, dtype: torch.dtype | None = None, tokenizer=None, *,
-            compute_dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-            cache: EmbeddingCache | None = None) -> T5TextEncoder:
+            fallback_tokenizer: str | Path | None = None, compute_dtype: torch.dtype | None = None,
+            device: str | torch.device = "cpu", cache: EmbeddingCache | None = None) -> T5TextEncoder:
     """Load a T5 encoder from a single file (fp16, bf16, fp32, fp8 plain or scaled, as ComfyUI keeps it; config
     inferred from the shapes) or a Hugging Face folder (config.json + model.safetensors / sharded index / .bin).
 
     dtype: storage dtype of the embedding and linear weights -- None keeps the file's (an fp8 file stays fp8 and is
     upcast layer by layer while encoding), or torch.float32 / bfloat16 / float16 / float8_e4m3fn / float8_e5m2.
-    tokenizer: a folder or tokenizer.json path, "byte", a `Tokenizer` object, or None to look next to the model.
+    tokenizer: a folder or tokenizer.json path, "byte", a `Tokenizer` object, or None to look next to the model
+    (then bytes for a byte-sized model, then ``fallback_tokenizer``: e.g. ComfyUI's bundled T5 tokenizer folder).
     compute_dtype: activation dtype, default `pick_compute_dtype`. Nothing is downloaded; the model is built on the
-    meta device and takes the file's memory-mapped tensors as they are, so loading costs about the file size.
+    meta device and takes the file's memory-mapped tensors as they are (`comfyui_imagen.files`), so loading costs
+    about the file size, in page cache rather than in the process's own memory. Raises `TextEncoderError`.
     """
     if dtype not in STORAGE_DTYPES:
         raise TextEncoderError(f"dtype must be one of {[str(d) for d in STORAGE_DTYPES]}, got {dtype!r}")
     path = Path(path).expanduser()
-    source = open_source(path)
-    config, state = read_encoder(source, dtype=dtype)
+    with raised_as(TextEncoderError):
+        weights, hf_config = open_source(path)
+        config, state, weight_dtype = read_encoder(weights, hf_config, dtype=dtype)
     model = T5Encoder(config, device="meta")     # no memory, no random init: the file's tensors are assigned
     for key, value in state.items():
         if key.endswith(".weight_scale"):
             model.get_submodule(key[: -len(".weight_scale")]).weight_scale = torch.empty(value.shape, device="meta")
     model.load_state_dict(state, strict=True, assign=True)
     del state
-    weight_dtype = _storage_dtype(model)
     model.set_compute_dtype(compute_dtype or pick_compute_dtype(weight_dtype, device))
     if torch.device(device).type != "cpu":
         model.to(device)
-    tok = _resolve_tokenizer(tokenizer, path, config.vocab_size)
-    identity = f"{source.fingerprint()}|{dtype}"
+    tok = _resolve_tokenizer(tokenizer, path, config.vocab_size, fallback_tokenizer)
+    identity = f"{weights.fingerprint()}|{dtype}"
     encoder = T5TextEncoder(model, tok, identity=identity, cache=cache)
     log.info("loaded %s from %s (weights %s%s)", describe(config), path, weight_dtype,
              ", fp8 upcast per layer" if is_fp8(weight_dtype) else "")

@@ -18,10 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..demo import FILES as DEMO_FILES
 from .config import DEMO_SCHEDULES, PRESETS as TRAIN_PRESETS
 
-STAGE_FILES = {"base": "imagen-demo-base64.safetensors", "sr": "imagen-demo-sr256.safetensors"}
-T5_FILE = "imagen-demo-t5.safetensors"
 DEMO_T5_STEPS = 300  # caption pre-training of the demo encoder (comfyui_imagen.train.demo_t5)
 
 
@@ -70,7 +69,7 @@ def _train_stage(role: str, args: argparse.Namespace) -> None:
         from .trainer import STATE_FILE, saved_step
 
         stop_after = max(0, args.stop_at - saved_step(Path(args.out_dir) / STATE_FILE))
-    train(stage, config, encoder, args.out_dir, stage_file=STAGE_FILES[role], device=args.device,
+    train(stage, config, encoder, args.out_dir, stage_file=DEMO_FILES[role].name, device=args.device,
           resume=not args.no_resume, stop_after=stop_after)
 
 
@@ -109,7 +108,7 @@ def _demo(args: argparse.Namespace) -> None:
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t5 = out / T5_FILE
+    t5 = out / DEMO_FILES["t5"].name
     if not t5.exists():
         save_demo_t5(t5, vocab_size=ByteTokenizer().vocab_size, seed=0, train_steps=DEMO_T5_STEPS, log=print)
     roles = ("base", "sr")
@@ -122,8 +121,9 @@ def _demo(args: argparse.Namespace) -> None:
     if args.install:
         dest = Path(args.install)
         dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy(t5, dest / T5_FILE)
-        for role, name in STAGE_FILES.items():
+        shutil.copy(t5, dest / t5.name)
+        for role in roles:
+            name = DEMO_FILES[role].name
             shutil.copy(out / role / name, dest / name)
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
+from ..unet.config import dataclass_from_dict
 from .objective import WEIGHTINGS, Weighting
 
 Precision = Literal["fp32", "bf16"]
@@ -57,6 +59,29 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of 0-based `step` (`warmup_cosine`)."""
+        return warmup_cosine(step, steps=self.steps, lr=self.lr, lr_final=self.lr_final,
+                             warmup_steps=self.warmup_steps)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able values; stored in the stage files it trains (`comfyui_imagen.checkpoints.save_stage`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return dataclass_from_dict(cls, data)
+
+
+def warmup_cosine(step: int, *, steps: int, lr: float, lr_final: float = 0.0, warmup_steps: int = 0) -> float:
+    """The learning rate at 0-based `step`: linear warm-up, lr * (step + 1) / warmup_steps for the first
+    `warmup_steps` steps, then a half cosine from `lr` down to `lr_final` at `steps` (Loshchilov & Hutter 2017,
+    "SGDR", eq. 5, one cycle), held at `lr_final` after it."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+    return lr_final + 0.5 * (lr - lr_final) * (1.0 + math.cos(math.pi * progress))
 
 
 # The demo cascade's first runs; DEMO_SCHEDULES below continues each with a warm restart.

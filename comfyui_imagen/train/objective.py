@@ -45,7 +45,8 @@ def snr_loss_weights(alpha_bar: torch.Tensor, prediction_type: str, weighting: W
     by min(SNR_t, gamma). The eps-MSE equals the x0-MSE times 1/SNR, the v-MSE the x0-MSE times (SNR + 1)/SNR, so the
     same weighting on those targets is min(SNR, gamma) / SNR and min(SNR, gamma) / (SNR + 1).
     P2 (Choi et al. 2022, "Perception Prioritized Training of Diffusion Models", eq. 8):
-    lambda'_t = 1 / (k + SNR_t)^gamma on the eps-MSE, carried to the other targets the same way (gamma here is P2's exponent, typically 1).
+    lambda'_t = 1 / (k + SNR_t)^gamma on the eps-MSE, carried to the other targets the same way (gamma here is
+    P2's exponent, typically 1).
     """
     snr = alpha_bar / (1.0 - alpha_bar)
     if weighting == "none":

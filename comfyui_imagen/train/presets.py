@@ -41,7 +41,7 @@ def stage_preset(name: str, text_embed_dim: int | None = None):
     """The `StageConfig` of a named stage: epsilon prediction, fixed variance, DDPM cosine (squaredcos_cap_v2)
     schedule with 1000 steps, as DeepFloyd IF trains (IF additionally learns the variance). `text_embed_dim`
     overrides the U-Net's text width (to pair a tiny stage with another encoder)."""
-    from ..checkpoints import StageConfig
+    from ..stage import StageConfig
 
     if name not in _STAGES:
         raise ValueError(f"unknown stage preset {name!r}; expected one of {sorted(_STAGES)}")

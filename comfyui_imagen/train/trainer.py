@@ -5,12 +5,11 @@ captions with the frozen T5 (its `EmbeddingCache` keeps them: give it room for t
 of them to the empty prompt, noise the images at random DDPM timesteps of the stage's schedule, regress the stage's
 prediction target under min-SNR weighting, step AdamW, update the EMA. Every `save_every` steps the live state goes
 to ``state.pt`` (model, EMA, optimiser, step) and the EMA weights to the stage's native .safetensors file, which is
-what ships.
+what ships, with this call's `TrainConfig` in its metadata (`comfyui_imagen.checkpoints.native.read_train_config`).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -28,15 +27,6 @@ from .objective import prediction_target, q_sample, snr_loss_weights, weighted_m
 
 STATE_FILE = "state.pt"
 LOG_FILE = "train_log.jsonl"
-
-
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warm-up to `lr`, then a half cosine from `lr` down to `lr_final` at `steps`."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1.0 + math.cos(math.pi * progress))
 
 
 def diffusion_loss(model: nn.Module, batch: Batch, text_encoder, stage_config, config: TrainConfig,
@@ -138,7 +128,7 @@ def train(stage_config, config: TrainConfig, text_encoder, out_dir: str | os.Pat
         batch = draw_batch(stage_config, config, generator, step=step, rank=info.rank,
                            world_size=info.world_size)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
+            group["lr"] = config.learning_rate(step)
         loss = diffusion_loss(net, batch, text_encoder, stage_config, config, alphas_cumprod, generator, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -151,7 +141,7 @@ def train(stage_config, config: TrainConfig, text_encoder, out_dir: str | os.Pat
         losses.append(mean_loss)
         if info.is_main and (step % config.log_every == 0 or step == end):
             now = time.perf_counter()
-            record = {"step": step, "loss": round(mean_loss, 6), "lr": round(learning_rate(step - 1, config), 8),
+            record = {"step": step, "loss": round(mean_loss, 6), "lr": round(config.learning_rate(step - 1), 8),
                       "sec_per_step": round((now - t_last) / config.log_every, 3)}
             t_last = now
             with open(out_dir / LOG_FILE, "a") as f:
@@ -160,7 +150,7 @@ def train(stage_config, config: TrainConfig, text_encoder, out_dir: str | os.Pat
         if step % config.save_every == 0 or step == end:
             if info.is_main:
                 save_state(out_dir / STATE_FILE, model, ema, optimizer, step)
-                save_stage(out_dir / stage_file, ema.shadow, stage_config)
+                save_stage(out_dir / stage_file, ema.shadow, stage_config, train_config=config)
             ddp.barrier(info)
     ddp.shutdown(info)
     return losses

@@ -1,0 +1,22 @@
+"""The model-file layer, below `checkpoints` (stages) and `text` (T5), which both read their files through it:
+
+    reader.py     `open_weights(path) -> Weights`: one lazy reader for safetensors (single or sharded) and pickles
+                  (``weights_only=True``), tensors either materialised (``read_into``) or memory-mapped (``mapped``)
+    families.py   `identify(keys, metadata)` / `folder_family(folder)`: what a file or folder is, and what to do with it
+    discovery.py  what a models folder offers (`scan_folder`, `list_stages`, `list_t5`) and `resolve(name, roots)`
+    errors.py     `ModelFileError`, and `raised_as`, which turns it into a package's own error class
+
+It imports neither `checkpoints` nor `text`, and reads no file at import.
+"""
+from .discovery import WHERE_MODELS_GO, Found, list_stages, list_t5, resolve, scan_folder, weight_files
+from .errors import ModelFileError, raised_as
+from .families import (DEEPFLOYD, IF_PIPELINE, IF_PROBE_KEYS, NATIVE, T5, T5_FOLDER, UNET_FOLDER, Family,
+                       folder_family, identify, read_json)
+from .reader import (PICKLE_SUFFIXES, SAFETENSORS_DTYPES, SAFETENSORS_SUFFIXES, WEIGHT_SUFFIXES, Weights, is_index,
+                     load_pickle_state_dict, open_weights)
+
+__all__ = ["DEEPFLOYD", "Family", "Found", "IF_PIPELINE", "IF_PROBE_KEYS", "ModelFileError", "NATIVE",
+           "PICKLE_SUFFIXES", "SAFETENSORS_DTYPES", "SAFETENSORS_SUFFIXES", "T5", "T5_FOLDER", "UNET_FOLDER",
+           "WEIGHT_SUFFIXES", "WHERE_MODELS_GO", "Weights", "folder_family", "identify", "is_index", "list_stages",
+           "list_t5", "load_pickle_state_dict", "open_weights", "raised_as", "read_json", "resolve", "scan_folder",
+           "weight_files"]

@@ -1,0 +1,120 @@
+"""Finding model files in folders: what a models folder offers, and the path behind a listed name.
+
+The names are relative to the folder searched (``IF-I-XL-v1.0``, ``sub/my_stage.safetensors``), so a saved workflow
+names a model the same way on every machine. A model folder is listed by its root (``IF-I-XL-v1.0``, whether or not
+it has ``model_index.json``; without it also as ``IF-I-XL-v1.0/unet``, the name earlier versions offered, which saved
+workflows may hold) and its files are not listed again; a DeepFloyd IF root also offers its
+``text_encoder/`` as a T5. Bundled files (the demo cascade) are passed in by the caller and listed after the user's
+own; a user file of the same name wins. Folders are given by the caller too: nothing here knows ComfyUI.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import ModelFileError
+from .families import IF_PIPELINE, PIPELINE_FILE, T5_FOLDER, UNET_FOLDER, folder_family
+from .reader import WEIGHT_SUFFIXES
+
+WHERE_MODELS_GO = ("Put stage files and DeepFloyd IF folders (e.g. IF-I-M-v1.0/, IF-II-M-v1.0/) in "
+                   "ComfyUI/models/imagen/ and T5 files (e.g. t5xxl_fp16.safetensors) in "
+                   "ComfyUI/models/text_encoders/, then press R to refresh the lists")
+
+
+@dataclass(frozen=True)
+class Found:
+    """What one models folder offers: ``stages`` (weight files, IF model roots, U-Net folders) and ``t5`` (Hugging
+    Face T5 folders, IF roots' ``text_encoder``), as names relative to the folder."""
+
+    stages: tuple[str, ...]
+    t5: tuple[str, ...]
+
+
+def is_weight_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in WEIGHT_SUFFIXES
+
+
+def _walk(root: str | Path) -> Iterator[tuple[str, str, list[str], list[str]]]:
+    """os.walk with sorted folders, following links but never into a folder twice: (rel, dirpath, dirnames,
+    filenames); prune by emptying ``dirnames``."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        yield rel, dirpath, dirnames, sorted(filenames)
+
+
+def _join(rel: str, name: str) -> str:
+    return name if rel == "." else f"{rel}/{name}"
+
+
+def scan_folder(root: str | Path) -> Found:
+    """Stage entries and T5 folders under one models folder (``models/imagen``); nothing when it is missing."""
+    stages, t5 = [], []
+    for rel, dirpath, dirnames, filenames in _walk(root):
+        family = folder_family(dirpath) if rel != "." else None
+        if family in (IF_PIPELINE, UNET_FOLDER):
+            stages.append(rel)
+            if family is IF_PIPELINE and not os.path.isfile(os.path.join(dirpath, PIPELINE_FILE)):
+                stages.append(rel + "/unet")  # how earlier versions listed such a root: saved workflows name it
+            if family is IF_PIPELINE and folder_family(os.path.join(dirpath, "text_encoder")) is T5_FOLDER:
+                t5.append(rel + "/text_encoder")
+        elif family is T5_FOLDER:
+            t5.append(rel)
+        else:
+            stages += [_join(rel, n) for n in filenames if is_weight_file(n)]
+            continue
+        dirnames[:] = []  # a model folder's own files are not listed again
+    return Found(tuple(stages), tuple(t5))
+
+
+def weight_files(root: str | Path) -> list[str]:
+    """Every weight file under `root` (``models/text_encoders``), relative names, sorted."""
+    return sorted(_join(rel, n) for rel, _, _, filenames in _walk(root) for n in filenames if is_weight_file(n))
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def list_stages(roots: Iterable[str | Path], bundled: Iterable[Path] = ()) -> list[str]:
+    """Stage names offered by the models folders `roots`, then the `bundled` files' names."""
+    found = [name for root in roots for name in scan_folder(root).stages]
+    return _unique(found + [Path(p).name for p in bundled])
+
+
+def list_t5(text_roots: Iterable[str | Path], model_roots: Iterable[str | Path],
+            bundled: Iterable[Path] = ()) -> list[str]:
+    """T5 names: weight files under `text_roots` (``models/text_encoders``), T5 folders under `model_roots`
+    (``models/imagen``), then the `bundled` files' names."""
+    files = sorted(name for root in text_roots for name in weight_files(root))
+    folders = [name for root in model_roots for name in scan_folder(root).t5]
+    return _unique(files + folders + [Path(p).name for p in bundled])
+
+
+def resolve(name: str, roots: Iterable[str | Path], bundled: Iterable[Path] = (), *,
+            advice: str = WHERE_MODELS_GO) -> Path:
+    """The path of a listed `name`: the first of `roots` holding it, else the `bundled` file of that name.
+
+    A name is relative and stays inside its folder: an absolute path or a ``..`` part is refused, so a workflow can
+    only name models that were offered. `ModelFileError` naming the folders searched (and `advice`) when absent.
+    """
+    parts = Path(name).parts if isinstance(name, str) else ()
+    if not parts or ".." in parts or os.path.isabs(name) or Path(name).drive:
+        raise ModelFileError(f"invalid model name {name!r}; pick one from the list")
+    searched = [str(root) for root in roots]
+    for root in searched:
+        path = Path(root) / name
+        if path.exists():
+            return path
+    for path in bundled:
+        if Path(path).name == name:
+            return Path(path)
+    raise ModelFileError(f"{name!r} was not found (searched: {', '.join(searched) or 'no folder'}). {advice}")

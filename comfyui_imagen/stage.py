@@ -1,0 +1,189 @@
+"""A cascade stage, the seam where a model family plugs in: its config, its network, its schedule, and the one place
+that turns `SamplingSettings` into a denoiser.
+
+A model family is a U-Net module plus a checkpoint reader that returns a `Stage` (``comfyui_imagen.checkpoints``:
+native files, DeepFloyd IF); samplers, guidance, the cascade runs, the nodes and the trainer only talk to `Stage`:
+
+    stage.schedule                  the training noise schedule (computed once)
+    stage.denoiser(settings)        Thresholded(CFGDenoiser(<parameterization wrapper>(unet))): x0 for any sampler
+    stage.sigmas(settings)          the descending sigma grid the settings ask for
+    stage.recommended               `StageDefaults` read from the file (IF's published ones for IF files)
+
+dtype: the network computes in its own weights' dtype (the U-Net casts its inputs in), the denoiser returns float32
+(the samplers' arithmetic; VE samples reach ~8e4, past float16), so a stage loaded in fp16/bf16 needs nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Optional
+
+import torch
+from torch import nn
+
+from .denoisers import PREDICTION_TYPES, VARIANCE_TYPES, PredictionType, VarianceType, make_denoiser
+from .guidance import CFGDenoiser, Thresholded
+from .respacing import IF_PRESETS, get_sigmas
+from .schedules import SCHEDULES, get_schedule
+from .settings import IF_DEFAULTS, SamplingSettings, StageDefaults, role_defaults
+from .unet.config import IF_I_L, IF_I_M, IF_I_XL, IF_II_L, IF_II_M, UNetConfig, dataclass_from_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train.config import TrainConfig
+
+__all__ = ["Stage", "StageConfig", "Role", "IF_STAGES", "if_stage_config", "validate_stage_config"]
+
+Role = Literal["base", "sr"]
+ROLES = ("base", "sr")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Everything about a stage except its weights; stored as JSON in the native checkpoint's metadata.
+
+    role: "base" (text -> ``resolution`` px) or "sr" (``lowres_resolution`` -> ``resolution`` px, conditioned on the
+    upsampled low-resolution image and its noise-augmentation level).
+    prediction_type: what the network predicts ("epsilon", "v_prediction", "sample").
+    variance_type: "learned_range" when the U-Net outputs 2x channels (IF: eps and a log-variance mix), else "fixed".
+    schedule / num_train_timesteps: the training noise schedule, by `comfyui_imagen.schedules.get_schedule` name.
+    text_embed_dim: width of the text embeddings this stage expects (always ``unet.text_embed_dim``).
+    sampling: the stage's recommended `StageDefaults` (None: the library's defaults for its role).
+    """
+
+    role: Role
+    resolution: int
+    unet: UNetConfig
+    lowres_resolution: Optional[int] = None
+    prediction_type: PredictionType = "epsilon"
+    variance_type: VarianceType = "fixed"
+    schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    text_embed_dim: Optional[int] = None
+    name: str = ""
+    sampling: Optional[StageDefaults] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unet, dict):
+            object.__setattr__(self, "unet", UNetConfig.from_dict(self.unet))
+        if isinstance(self.sampling, dict):
+            object.__setattr__(self, "sampling", StageDefaults.from_dict(self.sampling))
+        if self.text_embed_dim is None:
+            object.__setattr__(self, "text_embed_dim", self.unet.text_embed_dim)
+        validate_stage_config(self)
+
+    def replace(self, **changes) -> "StageConfig":
+        if "unet" in changes and "text_embed_dim" not in changes:
+            changes["text_embed_dim"] = None  # follow the new U-Net
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["unet"] = self.unet.to_dict()
+        if self.sampling is None:
+            del d["sampling"]  # stage-v1 readers know no such field
+        else:
+            d["sampling"] = self.sampling.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageConfig":
+        return dataclass_from_dict(cls, data)
+
+
+def validate_stage_config(s: StageConfig) -> None:
+    """ValueError naming the field when `s` is inconsistent with itself or its U-Net."""
+    if s.role not in ROLES:
+        raise ValueError(f"StageConfig.role {s.role!r}: expected 'base' or 'sr'")
+    if s.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"StageConfig.prediction_type {s.prediction_type!r}: expected one of {PREDICTION_TYPES}")
+    if s.variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"StageConfig.variance_type {s.variance_type!r}: expected one of {VARIANCE_TYPES}")
+    if s.schedule not in SCHEDULES:
+        raise ValueError(f"StageConfig.schedule {s.schedule!r}: expected one of {list(SCHEDULES)}")
+    if s.num_train_timesteps < 1:
+        raise ValueError(f"StageConfig.num_train_timesteps must be positive, got {s.num_train_timesteps}")
+    if s.text_embed_dim != s.unet.text_embed_dim:
+        raise ValueError(f"StageConfig.text_embed_dim {s.text_embed_dim} differs from its U-Net's text_embed_dim "
+                         f"{s.unet.text_embed_dim}")
+    if (s.role == "sr") != s.unet.lowres_cond:
+        raise ValueError(f"StageConfig.role {s.role!r} needs a U-Net with lowres_cond={s.role == 'sr'}")
+    learned = s.unet.out_channels == 2 * s.unet.in_channels
+    if learned != (s.variance_type == "learned_range"):
+        raise ValueError(f"StageConfig.variance_type {s.variance_type!r} does not match a U-Net with "
+                         f"{s.unet.out_channels} output channels for {s.unet.in_channels} image channels")
+    if s.resolution < 1 or s.resolution % s.unet.downscale:
+        raise ValueError(f"StageConfig.resolution {s.resolution} must be a positive multiple of {s.unet.downscale}")
+    if s.role == "sr" and not (s.lowres_resolution and 0 < s.lowres_resolution < s.resolution):
+        raise ValueError(f"a super-resolution StageConfig needs 0 < lowres_resolution < resolution ({s.resolution}); "
+                         f"got {s.lowres_resolution}")
+    if s.role == "base" and s.lowres_resolution is not None:
+        raise ValueError("a base StageConfig takes no lowres_resolution")
+    if s.sampling is not None and (s.role == "sr") != (s.sampling.noise_level is not None):
+        raise ValueError(f"StageConfig.sampling: a{'n SR' if s.role == 'sr' else ' base'} stage's defaults "
+                         f"{'need' if s.role == 'sr' else 'take no'} a noise_level")
+
+
+@dataclass
+class Stage:
+    """A loaded stage: ``unet`` (eval mode), its ``config``, ``source`` (where it came from) and ``train_config``
+    (the `TrainConfig` that trained it, when its file says so)."""
+
+    unet: nn.Module
+    config: StageConfig
+    source: str = ""
+    train_config: Optional["TrainConfig"] = None
+
+    @functools.cached_property
+    def schedule(self):
+        """The noise schedule the stage was trained with (`comfyui_imagen.schedules`)."""
+        return get_schedule(self.config.schedule, self.config.num_train_timesteps)
+
+    @property
+    def recommended(self) -> StageDefaults:
+        """The settings this stage samples best with: from its file, else the library's defaults for its role."""
+        return self.config.sampling or role_defaults(self.config.role)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def describe(self, name: str = "") -> str:
+        """One line for people: role, sizes, prediction type, T5 width, size in parameters."""
+        c = self.config
+        size = (f"{c.resolution} px from text" if c.role == "base"
+                else f"{c.lowres_resolution} -> {c.resolution} px super-resolution")
+        return (f"{name or c.name or 'stage'}: {c.role} stage, {size}, {c.prediction_type}, T5 width "
+                f"{c.text_embed_dim}, {sum(p.numel() for p in self.unet.parameters()) / 1e6:.1f} M parameters")
+
+    def denoiser(self, settings: SamplingSettings):
+        """``Thresholded(CFGDenoiser(make_denoiser(unet)))``, called with ``cond=`` / ``uncond=`` kwargs.
+
+        The threshold cap is ``settings.threshold_max``, else the stage's recommended one (IF: 1.5 / 1.0)."""
+        config = self.config
+        raw = make_denoiser(self.unet, self.schedule, config.prediction_type, config.variance_type)
+        guided = CFGDenoiser(raw, settings.cfg)
+        if settings.dynamic_threshold is None:
+            return Thresholded(guided, "static")
+        cap = settings.threshold_max or self.recommended.settings.threshold_max or 1.0
+        return Thresholded(guided, "dynamic", settings.dynamic_threshold, cap)
+
+    def sigmas(self, settings: SamplingSettings) -> torch.Tensor:
+        """The descending sigmas (ending in 0) the stage is sampled over."""
+        steps = None if settings.spacing in IF_PRESETS else settings.steps
+        return get_sigmas(self.schedule, settings.spacing, steps)
+
+
+def if_stage_config(unet: UNetConfig, name: str = "DeepFloyd IF") -> StageConfig:
+    """DeepFloyd IF's setup for an IF U-Net of any shape: stage I (64 px) without a low-resolution input, else stage
+    II (64 -> 256 px); eps prediction, learned-range variance, squaredcos_cap_v2 over 1000 steps; IF's published
+    sampling settings as the stage's defaults."""
+    sr = unet.lowres_cond
+    role = "sr" if sr else "base"
+    return StageConfig(role=role, resolution=256 if sr else 64, lowres_resolution=64 if sr else None,
+                       unet=unet, prediction_type="epsilon", variance_type="learned_range",
+                       schedule="squaredcos_cap_v2", num_train_timesteps=1000, name=name, sampling=IF_DEFAULTS[role])
+
+
+IF_STAGES: dict[str, StageConfig] = {name: if_stage_config(u, name) for name, u in (
+    ("IF-I-M", IF_I_M), ("IF-I-L", IF_I_L), ("IF-I-XL", IF_I_XL), ("IF-II-M", IF_II_M), ("IF-II-L", IF_II_L))}

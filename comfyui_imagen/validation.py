@@ -1,0 +1,141 @@
+"""Input checks shared by every run: one home for "an integer in a range", image batches, sizes, roles, masks.
+
+Each check raises ValueError with a message that names the input and the fix (STYLE: fail loudly and helpfully).
+Stage-specific checks take the `Stage` (``stage.config`` is read: role, resolution, lowres_resolution, U-Net).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .settings import Conditioning
+    from .stage import Stage
+
+# A stage samples sides in multiples of 8 (more for deep U-Nets), up to MAX_SCALE times its resolution.
+SIZE_MULTIPLE = 8
+MAX_SCALE = 4
+MAX_BATCH = 64
+MAX_RESAMPLE = 20
+MAX_STEPS = 1000
+MAX_SIDE = 4096  # the largest side a node offers: MAX_SCALE x a 1024 px stage
+MAX_NOISE_LEVEL = 999  # the top of the 0..T-1 timestep scale of a 1000-step schedule (every stage shipped or read)
+
+
+def check_int(value, name: str, low: int, high: Optional[int] = None, hint: str = "") -> int:
+    """``value`` as an int when it is a whole number (not a bool) in [low, high]; ValueError naming it otherwise."""
+    whole = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+        and int(value) == value
+    if not whole or value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ValueError(f"{name} must be an integer {span}{hint}, got {value!r}")
+    return int(value)
+
+
+def check_batch(batch_size) -> int:
+    return check_int(batch_size, "batch_size", 1, MAX_BATCH)
+
+
+def check_images(images: torch.Tensor, what: str) -> torch.Tensor:
+    """A non-empty batch of RGB images [B, 3, H, W]."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{what} must be a batch of RGB images [B, 3, H, W] in -1..1, got {shape}; "
+                         f"convert ComfyUI images with comfyui_imagen.images.from_comfy_image")
+    if images.shape[0] < 1:
+        raise ValueError(f"{what} is an empty batch (batch 0); connect at least one image")
+    return images
+
+
+def check_role(stage: "Stage", want: str, what: str) -> None:
+    """ValueError unless ``stage.config.role == want`` ("base" or "sr"), naming the function and node to use."""
+    config = stage.config
+    if config.role == want:
+        return
+    if want == "sr":
+        raise ValueError(f"{what} needs a super-resolution stage, but this model is a base stage "
+                         f"({config.resolution} px from text alone): use generate() (node: Imagen Base Sampler) "
+                         f"for it, or load an SR model in Imagen Model Loader")
+    raise ValueError(f"{what} needs a base stage, but this model is a super-resolution stage "
+                     f"({config.lowres_resolution} -> {config.resolution} px): use super_resolve() (node: Imagen "
+                     f"Super-Resolution) for it, or load a base model in Imagen Model Loader")
+
+
+def size_multiple(stage: "Stage") -> int:
+    """Sides must be multiples of this: 8, or more for a U-Net that halves the image more than three times."""
+    unet = getattr(stage.config, "unet", None)
+    return max(SIZE_MULTIPLE, getattr(unet, "downscale", 1))
+
+
+def check_size(stage: "Stage", width, height, what: str = "the image") -> None:
+    """Sides are multiples of `size_multiple`, at most MAX_SCALE times the stage's resolution."""
+    resolution = stage.config.resolution
+    limit = MAX_SCALE * resolution
+    step = size_multiple(stage)
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < step \
+                or value % step:
+            nearest = max(step, round(value / step) * step) if isinstance(value, (int, float)) else step
+            raise ValueError(f"{what}: {name} {value!r} must be a positive multiple of {step} (the U-Net halves "
+                             f"the image at every level); e.g. {nearest}. "
+                             f"Resize the input with the ImageScale node if it comes from an image")
+        if value > limit:
+            raise ValueError(f"{what}: {name} {value} is far beyond this {resolution} px stage's range (at most "
+                             f"{limit}); sample at {resolution} and add a super-resolution stage, or resize the "
+                             f"input with the ImageScale node")
+
+
+def check_strength(strength, one_means: str) -> float:
+    """An SDEdit strength in (0, 1]; ``one_means`` says what 1 does for this call."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1] (1 = {one_means}), got {strength!r}")
+    return float(strength)
+
+
+def check_noise_level(stage: "Stage", noise_level) -> int:
+    limit = stage.config.num_train_timesteps
+    return check_int(noise_level, "noise_level", 0, limit - 1, " (DeepFloyd IF stage II uses 250)")
+
+
+def _t5_hint(width: int) -> str:
+    return {4096: "T5 v1.1 XXL, e.g. t5xxl_fp16.safetensors", 256: "the bundled demo T5",
+            1024: "T5 v1.1 large", 768: "T5 v1.1 base", 512: "T5 v1.1 small"}.get(width, f"d_model {width}")
+
+
+def check_conditioning(stage: "Stage", cond: "Conditioning") -> None:
+    from .settings import Conditioning
+
+    if not isinstance(cond, Conditioning):
+        raise ValueError(f"expected a Conditioning(positive, negative), got {type(cond).__name__}; connect the "
+                         f"output of the Imagen Text Encode node")
+    want = stage.config.text_embed_dim
+    if cond.width != want:
+        raise ValueError(f"the text embeddings are {cond.width} wide but this model was trained on {want}-wide T5 "
+                         f"embeddings; in Imagen T5 Loader pick the T5 this model was trained with "
+                         f"({_t5_hint(want)})")
+
+
+def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """A mask [B or 1, 1, H, W] (or [H, W], [B, H, W]) in 0..1 matching the image's size, as [B, 1, H, W] float."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a tensor [B, 1, H, W] in 0..1, got {type(mask).__name__}")
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    elif mask.ndim == 3:
+        mask = mask[:, None]
+    batch, _, height, width = image.shape
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise ValueError(f"mask must be [B, 1, H, W], got shape {tuple(mask.shape)}")
+    if tuple(mask.shape[-2:]) != (height, width):
+        raise ValueError(f"the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {width}x{height}; give a "
+                         f"mask of the image's size (paint it in LoadImage's mask editor on this image, or resize it "
+                         f"with MaskToImage -> ImageScale -> ImageToMask)")
+    if mask.shape[0] not in (1, batch):
+        raise ValueError(f"the mask batch is {mask.shape[0]} for {batch} images; give one mask or one per image")
+    mask = mask.float().clamp(0, 1).expand(batch, -1, -1, -1)
+    if not bool((mask > 0).any()):
+        raise ValueError("the mask is empty: nothing to regenerate. Paint the area to change (white = regenerate) "
+                         "in LoadImage's mask editor, or connect another mask")
+    return mask
