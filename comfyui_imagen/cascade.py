@@ -8,9 +8,9 @@ stage's (`Stage.sigmas`); SDEdit is `sdedit_start` (a tail of the grid, the imag
 ``stage.recommended`` (the stage file's, IF's published ones for IF, the library's defaults otherwise).
 
 Every function takes a `Stage`, a `Conditioning` and returns images [B, 3, H, W] in -1..1 on the model's device.
-Item k of a batch uses seed + k for its starting noise, its noise augmentation and every stochastic step (drawn in
-that order), so it equals a batch of one with seed + k up to the network's own rounding, which differs slightly per
-batch size. ``callback(info)`` gets the samplers' dict (``step``, ``total``, ``x``, ``x0``...) after each step;
+Item k of a batch uses seed + k for its starting noise, its noise augmentation and every stochastic step (in that
+order; inpainting draws the augmentation before the start, as it always did), so it equals a batch of one with
+seed + k up to the network's own rounding, which differs slightly per batch size. ``callback(info)`` gets the samplers' dict (``step``, ``total``, ``x``, ``x0``...) after each step;
 ``cancel()`` is checked before each step (return True, or raise, to stop).
 """
 from __future__ import annotations
@@ -24,15 +24,16 @@ from .images import resize, upsample_lowres
 from .samplers import get_sampler, make_generators, randn_like_items, sampler_options
 from .schedules import ContinuousSchedule, DiscreteSchedule
 from .settings import IF_STAGE_I, IF_STAGE_II, Conditioning, SamplingSettings
-from .validation import (MAX_BATCH, MAX_RESAMPLE, check_batch, check_conditioning, check_images, check_int,
-                         check_mask, check_noise_level, check_role, check_size, check_strength)
+from .checks import check_int
+from .validation import (MAX_BATCH, MAX_RESAMPLE, check_batch, check_conditioning, check_images, check_mask,
+                         check_noise_level, check_role, check_size, check_strength, size_multiple)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .stage import Stage
 
 __all__ = ["Conditioning", "SamplingSettings", "IF_STAGE_I", "IF_STAGE_II", "MAX_BATCH", "generate",
            "super_resolve", "image_to_image", "inpaint", "augment_lowres", "sdedit_start", "sigma_grid",
-           "make_generators", "randn_like_items"]
+           "make_generators", "randn_like_items", "build_denoiser", "stage_schedule", "size_multiple"]
 
 Callback = Optional[Callable[[dict], None]]
 Cancel = Optional[Callable[[], bool]]
@@ -82,6 +83,16 @@ def _sample(stage: "Stage", cond: Conditioning, settings: SamplingSettings, x: t
 def sigma_grid(stage: "Stage", settings: SamplingSettings) -> torch.Tensor:
     """The descending sigmas (ending in 0) the stage is sampled over (`Stage.sigmas`)."""
     return stage.sigmas(settings)
+
+
+def build_denoiser(stage: "Stage", settings: SamplingSettings):
+    """`Stage.denoiser` (kept under its earlier name)."""
+    return stage.denoiser(settings)
+
+
+def stage_schedule(stage: "Stage"):
+    """`Stage.schedule` (kept under its earlier name)."""
+    return stage.schedule
 
 
 def sdedit_start(image: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
@@ -211,16 +222,14 @@ def super_resolve(stage: "Stage", cond: Conditioning, lowres_image: torch.Tensor
 
 
 def _edit_inputs(stage: "Stage", cond: Conditioning, image: torch.Tensor, settings: Optional[SamplingSettings]):
-    """Checks shared by image-to-image and inpainting; (settings, image on the device, generators, noise)."""
+    """Checks shared by image-to-image and inpainting; (settings, image on the device, per-item generators)."""
     image = check_images(image, "the input image")
     batch, _, height, width = image.shape
     check_batch(batch)
     check_size(stage, width, height, "the input image")
     settings = _settings(stage, settings)
     check_conditioning(stage, cond)
-    generators = make_generators(settings.seed, batch)
-    noise = randn_like_items(image.shape, generators, device=stage.device)
-    return settings, image.to(stage.device).float(), generators, noise
+    return settings, image.to(stage.device).float(), make_generators(settings.seed, batch)
 
 
 def image_to_image(stage: "Stage", cond: Conditioning, image: torch.Tensor, *, strength: float,
@@ -233,7 +242,8 @@ def image_to_image(stage: "Stage", cond: Conditioning, image: torch.Tensor, *, s
     noise-augmented at ``noise_level``). Output size = image size.
     """
     strength = check_strength(strength, "ignore the input image, small = keep it")
-    settings, image, generators, noise = _edit_inputs(stage, cond, image, settings)
+    settings, image, generators = _edit_inputs(stage, cond, image, settings)
+    noise = randn_like_items(image.shape, generators, device=stage.device)
     extra = _edit_extra(stage, image, lowres_image, noise_level, generators)
     x, sigmas = sdedit_start(image, noise, stage.sigmas(settings), strength)
     return _sample(stage, cond, settings, x, sigmas, generators, extra=extra, callback=callback, cancel=cancel)
@@ -249,9 +259,10 @@ def inpaint(stage: "Stage", cond: Conditioning, image: torch.Tensor, mask: torch
     default 1). SR stages also take ``lowres_image`` (default: the image downsampled). Costs steps * resample
     network evaluations. Returns [B, 3, H, W] in -1..1."""
     resample = check_int(resample, "resample", 1, MAX_RESAMPLE, " (RePaint's r)")
-    settings, image, generators, noise = _edit_inputs(stage, cond, image, settings)
+    settings, image, generators = _edit_inputs(stage, cond, image, settings)
     mask = check_mask(mask, image).to(stage.device)
-    extra = _edit_extra(stage, image, lowres_image, noise_level, generators)
+    extra = _edit_extra(stage, image, lowres_image, noise_level, generators)  # RePaint draws its augmentation first
+    noise = randn_like_items(image.shape, generators, device=stage.device)
     sigmas = stage.sigmas(settings)
     return _sample(stage, cond, settings, image + noise * sigmas[0], sigmas, generators, extra=extra,
                    sampler="repaint", callback=callback, cancel=cancel, known=image, mask=mask, resample=resample)

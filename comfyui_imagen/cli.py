@@ -87,6 +87,9 @@ def text_to_image(cascade: Cascade, prompts: list[str], *, negative: str = "", b
     neg = cascade.t5.encode([negative] * len(prompts), max_length=max_length)
     cond = Conditioning(pos, neg)
     per_sr = sr_settings if isinstance(sr_settings, (list, tuple)) else [sr_settings] * len(cascade.srs)
+    if len(per_sr) != len(cascade.srs):
+        raise ValueError(f"sr_settings lists {len(per_sr)} settings for {len(cascade.srs)} SR stages; give one "
+                         f"SamplingSettings for all, or one per stage")
     callback = progress("base") if progress else None
     outs = [generate(cascade.base, cond, batch_size=len(prompts), settings=base_settings, callback=callback)]
     for i, (stage, settings) in enumerate(zip(cascade.srs, per_sr)):

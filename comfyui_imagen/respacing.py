@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .schedules import ContinuousSchedule, DiscreteSchedule, Schedule
-from .validation import check_int
+from .checks import check_int
 
 # DeepFloyd IF's named respacings: section counts for equal slices of the 1000 training steps, from
 # deepfloyd_if/modules/base.py (IFBaseModule.respacing_modes).

@@ -260,6 +260,8 @@ def sample_repaint(denoiser, x, sigmas, *, extra_args=None, callback=None, gener
     for i, s, s_next in _steps(x, sigmas, cancel):
         down, up = ancestral_step(s, s_next, eta)
         for u in range(resample):
+            if u and cancel is not None and cancel():  # the first pass was checked by the shared loop
+                raise Cancelled(f"inpainting cancelled in step {i + 1} of {len(sigmas) - 1}")
             x0 = denoiser(x, sigma_batch(s, x), **extra_args)
             x = x0 + (down / s) * (x - x0)
             if up > 0:

@@ -9,19 +9,18 @@ and the cascade functions use them wherever the caller gives no explicit value.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from .checks import check_int, is_real
 from .respacing import SPACINGS
 from .samplers import SAMPLERS
-from .validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from .text import TextEmbeds
 
-__all__ = ["Conditioning", "SamplingSettings", "StageDefaults", "IF_STAGE_I", "IF_STAGE_II", "IF_DEFAULTS",
-           "DEFAULT_BASE", "DEFAULT_SR", "role_defaults"]
+__all__ = ["Conditioning", "SamplingSettings", "StageDefaults", "IF_STAGE_I", "IF_STAGE_II", "DEFAULT_BASE",
+           "DEFAULT_SR", "role_defaults"]
 
 
 @dataclass(frozen=True)
@@ -52,16 +51,17 @@ class SamplingSettings:
         if self.spacing not in SPACINGS:
             raise ValueError(f"unknown schedule {self.spacing!r}; expected one of {list(SPACINGS)}")
         check_int(self.steps, "steps", 1)
-        if not (math.isfinite(self.cfg) and self.cfg >= 0):
+        if not (is_real(self.cfg) and self.cfg >= 0):
             raise ValueError(f"cfg must be a finite number >= 0 (1 = no guidance), got {self.cfg!r}")
-        if self.dynamic_threshold is not None and not 0 < self.dynamic_threshold <= 1:
+        if self.dynamic_threshold is not None and not (is_real(self.dynamic_threshold)
+                                                       and 0 < self.dynamic_threshold <= 1):
             raise ValueError(f"dynamic_threshold is a percentile in (0, 1] (Imagen 0.995, IF 0.95) or None for "
                              f"static clipping, got {self.dynamic_threshold!r}")
-        if self.threshold_max is not None and not self.threshold_max >= 1:
+        if self.threshold_max is not None and not (is_real(self.threshold_max) and self.threshold_max >= 1):
             raise ValueError(f"threshold_max must be >= 1 (IF: 1.5 stage I, 1.0 stage II), got {self.threshold_max}")
         check_int(self.seed, "seed", 0)
-        if self.eta is not None and not self.eta >= 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta!r}")
+        if self.eta is not None and not (is_real(self.eta) and self.eta >= 0):
+            raise ValueError(f"eta must be a number >= 0, got {self.eta!r}")
 
     def replace(self, **changes) -> "SamplingSettings":
         return dataclasses.replace(self, **changes)
@@ -75,6 +75,14 @@ class StageDefaults:
     settings: SamplingSettings
     noise_level: Optional[int] = None
     strength: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.settings, SamplingSettings):
+            raise ValueError(f"StageDefaults.settings must be a SamplingSettings, got {type(self.settings).__name__}")
+        if self.noise_level is not None:
+            check_int(self.noise_level, "StageDefaults.noise_level", 0, hint=" (on the 0..T-1 timestep scale)")
+        if not (is_real(self.strength) and 0 < self.strength <= 1):
+            raise ValueError(f"StageDefaults.strength must be in (0, 1] (1 = from pure noise), got {self.strength!r}")
 
     def to_dict(self) -> dict:
         return {"settings": dataclasses.asdict(self.settings), "noise_level": self.noise_level,
@@ -119,11 +127,10 @@ class Conditioning:
 
 
 # DeepFloyd IF's own settings (deepfloyd_if/modules/stage_I.py, stage_II.py): ancestral DDPM with the learned
-# variance, dynamic thresholding p = 0.95 with c = 1.5 (stage I) / 1.0 (stage II), guidance 7 / 4, stage II's input
-# noise-augmented at 250 and sampled from pure noise.
+# variance, dynamic thresholding p = 0.95 with c = 1.5 (stage I) / 1.0 (stage II), guidance 7 / 4 (IF stages
+# recommend them: `checkpoints.if_stages.IF_DEFAULTS`).
 IF_STAGE_I = SamplingSettings(sampler="ddpm", spacing="smart100", cfg=7.0, dynamic_threshold=0.95, threshold_max=1.5)
 IF_STAGE_II = SamplingSettings(sampler="ddpm", spacing="smart50", cfg=4.0, dynamic_threshold=0.95, threshold_max=1.0)
-IF_DEFAULTS = {"base": StageDefaults(IF_STAGE_I), "sr": StageDefaults(IF_STAGE_II, noise_level=250, strength=1.0)}
 
 # For stage files that carry no defaults of their own (format stage-v1, e.g. the shipped demo cascade), measured on
 # the demo cascade with `python -m comfyui_imagen.evaluate`: the base draws best with Euler ancestral, 25 trailing

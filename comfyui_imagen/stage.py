@@ -2,7 +2,8 @@
 that turns `SamplingSettings` into a denoiser.
 
 A model family is a U-Net module plus a checkpoint reader that returns a `Stage` (``comfyui_imagen.checkpoints``:
-native files, DeepFloyd IF); samplers, guidance, the cascade runs, the nodes and the trainer only talk to `Stage`:
+native files, DeepFloyd IF; nothing here knows a family); samplers, guidance, the cascade runs, the nodes and the
+trainer only talk to `Stage`:
 
     stage.schedule                  the training noise schedule (computed once)
     stage.denoiser(settings)        Thresholded(CFGDenoiser(<parameterization wrapper>(unet))): x0 for any sampler
@@ -26,13 +27,13 @@ from .denoisers import PREDICTION_TYPES, VARIANCE_TYPES, PredictionType, Varianc
 from .guidance import CFGDenoiser, Thresholded
 from .respacing import IF_PRESETS, get_sigmas
 from .schedules import SCHEDULES, get_schedule
-from .settings import IF_DEFAULTS, SamplingSettings, StageDefaults, role_defaults
-from .unet.config import IF_I_L, IF_I_M, IF_I_XL, IF_II_L, IF_II_M, UNetConfig, dataclass_from_dict
+from .settings import SamplingSettings, StageDefaults, role_defaults
+from .unet.config import UNetConfig, dataclass_from_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from .train.config import TrainConfig
 
-__all__ = ["Stage", "StageConfig", "Role", "IF_STAGES", "if_stage_config", "validate_stage_config"]
+__all__ = ["Stage", "StageConfig", "Role", "validate_stage_config"]
 
 Role = Literal["base", "sr"]
 ROLES = ("base", "sr")
@@ -159,31 +160,18 @@ class Stage:
     def denoiser(self, settings: SamplingSettings):
         """``Thresholded(CFGDenoiser(make_denoiser(unet)))``, called with ``cond=`` / ``uncond=`` kwargs.
 
-        The threshold cap is ``settings.threshold_max``, else the stage's recommended one (IF: 1.5 / 1.0)."""
+        The threshold cap is ``settings.threshold_max``, else the stage's recommended one (IF: 1.5 / 1.0), else the
+        library's default for the stage's role."""
         config = self.config
         raw = make_denoiser(self.unet, self.schedule, config.prediction_type, config.variance_type)
         guided = CFGDenoiser(raw, settings.cfg)
         if settings.dynamic_threshold is None:
             return Thresholded(guided, "static")
-        cap = settings.threshold_max or self.recommended.settings.threshold_max or 1.0
+        cap = (settings.threshold_max or self.recommended.settings.threshold_max
+               or role_defaults(config.role).settings.threshold_max)
         return Thresholded(guided, "dynamic", settings.dynamic_threshold, cap)
 
     def sigmas(self, settings: SamplingSettings) -> torch.Tensor:
         """The descending sigmas (ending in 0) the stage is sampled over."""
         steps = None if settings.spacing in IF_PRESETS else settings.steps
         return get_sigmas(self.schedule, settings.spacing, steps)
-
-
-def if_stage_config(unet: UNetConfig, name: str = "DeepFloyd IF") -> StageConfig:
-    """DeepFloyd IF's setup for an IF U-Net of any shape: stage I (64 px) without a low-resolution input, else stage
-    II (64 -> 256 px); eps prediction, learned-range variance, squaredcos_cap_v2 over 1000 steps; IF's published
-    sampling settings as the stage's defaults."""
-    sr = unet.lowres_cond
-    role = "sr" if sr else "base"
-    return StageConfig(role=role, resolution=256 if sr else 64, lowres_resolution=64 if sr else None,
-                       unet=unet, prediction_type="epsilon", variance_type="learned_range",
-                       schedule="squaredcos_cap_v2", num_train_timesteps=1000, name=name, sampling=IF_DEFAULTS[role])
-
-
-IF_STAGES: dict[str, StageConfig] = {name: if_stage_config(u, name) for name, u in (
-    ("IF-I-M", IF_I_M), ("IF-I-L", IF_I_L), ("IF-I-XL", IF_I_XL), ("IF-II-M", IF_II_M), ("IF-II-L", IF_II_L))}

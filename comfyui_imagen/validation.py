@@ -1,14 +1,15 @@
-"""Input checks shared by every run: one home for "an integer in a range", image batches, sizes, roles, masks.
+"""Input checks shared by every run: image batches, sizes, roles, conditioning, masks (scalars: `checks`).
 
 Each check raises ValueError with a message that names the input and the fix (STYLE: fail loudly and helpfully).
 Stage-specific checks take the `Stage` (``stage.config`` is read: role, resolution, lowres_resolution, U-Net).
 """
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
+
+from .checks import check_int, is_real
 
 if TYPE_CHECKING:  # pragma: no cover
     from .settings import Conditioning
@@ -22,16 +23,6 @@ MAX_RESAMPLE = 20
 MAX_STEPS = 1000
 MAX_SIDE = 4096  # the largest side a node offers: MAX_SCALE x a 1024 px stage
 MAX_NOISE_LEVEL = 999  # the top of the 0..T-1 timestep scale of a 1000-step schedule (every stage shipped or read)
-
-
-def check_int(value, name: str, low: int, high: Optional[int] = None, hint: str = "") -> int:
-    """``value`` as an int when it is a whole number (not a bool) in [low, high]; ValueError naming it otherwise."""
-    whole = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
-        and int(value) == value
-    if not whole or value < low or (high is not None and value > high):
-        span = f">= {low}" if high is None else f"from {low} to {high}"
-        raise ValueError(f"{name} must be an integer {span}{hint}, got {value!r}")
-    return int(value)
 
 
 def check_batch(batch_size) -> int:
@@ -75,9 +66,8 @@ def check_size(stage: "Stage", width, height, what: str = "the image") -> None:
     limit = MAX_SCALE * resolution
     step = size_multiple(stage)
     for name, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < step \
-                or value % step:
-            nearest = max(step, round(value / step) * step) if isinstance(value, (int, float)) else step
+        if not (is_real(value) and int(value) == value) or value < step or value % step:
+            nearest = max(step, round(value / step) * step) if is_real(value) else step
             raise ValueError(f"{what}: {name} {value!r} must be a positive multiple of {step} (the U-Net halves "
                              f"the image at every level); e.g. {nearest}. "
                              f"Resize the input with the ImageScale node if it comes from an image")
@@ -89,7 +79,7 @@ def check_size(stage: "Stage", width, height, what: str = "the image") -> None:
 
 def check_strength(strength, one_means: str) -> float:
     """An SDEdit strength in (0, 1]; ``one_means`` says what 1 does for this call."""
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+    if not is_real(strength) or not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1] (1 = {one_means}), got {strength!r}")
     return float(strength)
 

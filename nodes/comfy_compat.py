@@ -20,9 +20,10 @@ from comfyui_imagen.files import WEIGHT_SUFFIXES
 
 IMAGEN_FOLDER = "imagen"
 TEXT_ENCODER_FOLDER = "text_encoders"
+CLIP_FOLDER = "clip"  # where ComfyUI-GGUF users keep T5 GGUF files (newer ComfyUI lists it under text_encoders too)
 MODEL_EXTENSIONS = frozenset(WEIGHT_SUFFIXES)  # what ComfyUI lists in models/imagen: the files the loaders read
 
-_fallback_folders: dict[str, list[str]] = {IMAGEN_FOLDER: [], TEXT_ENCODER_FOLDER: []}
+_fallback_folders: dict[str, list[str]] = {IMAGEN_FOLDER: [], TEXT_ENCODER_FOLDER: [], CLIP_FOLDER: []}
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,7 +48,7 @@ def register_model_folder() -> None:
 
 
 def set_fallback_folders(kind: str, paths: list[str]) -> None:
-    """Outside ComfyUI: the folders searched for ``kind`` (``"imagen"`` or ``"text_encoders"``)."""
+    """Outside ComfyUI: the folders searched for ``kind`` (``"imagen"``, ``"text_encoders"`` or ``"clip"``)."""
     if kind not in _fallback_folders:
         raise ValueError(f"unknown model folder kind {kind!r}; expected one of {sorted(_fallback_folders)}")
     _fallback_folders[kind] = [os.fspath(p) for p in paths]

@@ -1,8 +1,9 @@
 """Loader nodes: a T5 text encoder (``IMAGEN_T5``) and one cascade stage (``IMAGEN_MODEL``), adapters only.
 
-The folders are ComfyUI's (`comfy_compat.model_folders`: ``models/text_encoders`` for T5 files, ``models/imagen`` for
-stages, DeepFloyd IF folders and their ``text_encoder/``); listing and resolving names is `comfyui_imagen.files`,
-loading is `load_t5` / `load_stage`. The bundled demo files are listed under their own names when they exist.
+The folders are ComfyUI's (`comfy_compat.model_folders`: ``models/text_encoders`` and ``models/clip`` for T5 files,
+ComfyUI-GGUF's T5 GGUFs living in either; ``models/imagen`` for stages, DeepFloyd IF folders and their
+``text_encoder/``); listing and resolving names is `comfyui_imagen.files`, loading is `load_t5` / `load_stage`. The
+bundled demo files are listed under their own names when they exist.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ CATEGORY = "imagen/loaders"
 
 
 def _folders(*kinds: str) -> list[str]:
-    return [root for kind in kinds for root in cc.model_folders(kind)]
+    """The folders of ``kinds``, each once (newer ComfyUI answers "clip" with the text_encoders folders)."""
+    return list(dict.fromkeys(root for kind in kinds for root in cc.model_folders(kind)))
 
 
 def _bundled(*roles: str) -> list[Path]:
@@ -35,7 +37,7 @@ def list_stages() -> list[str]:
 
 
 def list_t5() -> list[str]:
-    return files.list_t5(_folders(cc.TEXT_ENCODER_FOLDER), _folders(cc.IMAGEN_FOLDER), _bundled("t5"))
+    return files.list_t5(_folders(cc.TEXT_ENCODER_FOLDER, cc.CLIP_FOLDER), _folders(cc.IMAGEN_FOLDER), _bundled("t5"))
 
 
 def resolve(name: str, kinds: tuple[str, ...], bundled_roles: tuple[str, ...]) -> Path:
@@ -69,9 +71,10 @@ class ImagenT5:
 
 
 @node("Imagen T5 Loader (text encoder)", CATEGORY,
-      "Loads a frozen T5 encoder: a t5xxl file from models/text_encoders (fp16, bf16, fp8, scaled fp8), a Hugging "
-      "Face T5 folder under models/imagen (e.g. IF-I-XL-v1.0/text_encoder) or the bundled demo T5. The tokenizer is "
-      "found automatically.",
+      "Loads a frozen T5 encoder: a t5xxl file from models/text_encoders (fp16, bf16, fp8, scaled fp8) or a GGUF T5 "
+      "from models/text_encoders or models/clip (Q8_0, Q6_K, Q5_K, Q4_K ..., kept quantized), a Hugging Face T5 "
+      "folder under models/imagen (e.g. IF-I-XL-v1.0/text_encoder) or the bundled demo T5. The tokenizer is found "
+      "automatically.",
       "load", (("IMAGEN_T5", "t5", "The T5 text encoder; connect it to Imagen Text Encode."),))
 class ImagenT5Loader:
     @classmethod
@@ -88,7 +91,7 @@ class ImagenT5Loader:
     def load(self, t5_name: str, dtype: str = "default"):
         from comfyui_imagen.text import load_t5
 
-        path = resolve(t5_name, (cc.TEXT_ENCODER_FOLDER, cc.IMAGEN_FOLDER), ("t5",))
+        path = resolve(t5_name, (cc.TEXT_ENCODER_FOLDER, cc.CLIP_FOLDER, cc.IMAGEN_FOLDER), ("t5",))
         encoder = load_t5(path, dtype=T5_DTYPES[dtype], fallback_tokenizer=cc.comfy_t5_tokenizer_dir())
         log.info("Imagen: loaded T5 %s (%s)", t5_name, encoder)
         return (ImagenT5(encoder, t5_name),)

@@ -191,3 +191,45 @@ def test_diffusers_configs_of_other_families_are_refused(tmp_path):
     (tmp_path / "unet" / "config.json").write_text(json.dumps(sd_like))
     with pytest.raises(CheckpointError, match="config.json.*not a DeepFloyd IF U-Net setting"):
         load_stage(tmp_path)
+
+
+# an IF-family U-Net unlike IF's releases: 8 norm groups, 8-wide heads, additive time conditioning, an unmirrored
+# decoder (what a diffusers config.json can say and tensor shapes cannot)
+_FINETUNE = dict(
+    _class_name="UNet2DConditionModel", block_out_channels=[24, 48], layers_per_block=[1, 2], in_channels=3,
+    out_channels=6, down_block_types=["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+    up_block_types=["SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D"],
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_dim=32, encoder_hid_dim=16, attention_head_dim=8,
+    addition_embed_type="text", addition_embed_type_num_heads=4, cross_attention_norm="group_norm",
+    resnet_time_scale_shift="default", act_fn="gelu", norm_num_groups=8, sample_size=32)
+
+
+def test_lone_file_shapes_that_contradict_if_defaults_ask_for_its_config(tmp_path):
+    config = unet_config_from_diffusers(_FINETUNE)
+    assert (config.norm_groups, config.head_dim, config.time_shift) == (8, 8, "add")
+    assert config.up_attention == ("self_cross", "self_cross") and config.attention == ("none", "self_cross")
+    unet = _unet(config)
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp_path / "ft.safetensors"))
+    with pytest.raises(CheckpointError, match=r"ft.safetensors: the tensor shapes match no IF U-Net.*24, 48.*IF's 32 "
+                                              r"norm groups.*config.json beside the file.*ft.json.*diffusers folder"):
+        load_stage(tmp_path / "ft.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(_FINETUNE))
+    stage = load_stage(tmp_path / "ft.safetensors")
+    assert stage.config.unet == config and stage.config.resolution == 32
+    for k, v in unet.state_dict().items():
+        assert torch.equal(stage.unet.state_dict()[k], v)
+
+
+def test_unet_options_are_written_only_when_used(tmp_path):
+    assert not {"up_attention", "time_shift", "cross_norm_groups"} & set(TINY_BASE.to_dict())  # old readers read it
+    config = unet_config_from_diffusers(_FINETUNE)
+    written = config.to_dict()
+    assert (written["time_shift"], written["up_attention"], written["cross_norm_groups"]) == ("add", [
+        "self_cross", "self_cross"], 32)
+    stage = StageConfig(role="base", resolution=32, unet=config, variance_type="learned_range", name="ft")
+    unet = _unet(config)
+    loaded = load_stage(save_stage(tmp_path / "ft.safetensors", unet, stage))
+    assert loaded.config == stage
+    x, text = torch.randn(1, 3, 16, 16), torch.randn(1, 5, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.unet(x, torch.tensor([5.0]), text), unet(x, torch.tensor([5.0]), text))

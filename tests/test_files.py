@@ -167,9 +167,9 @@ def test_fingerprint_storage_dtype_and_errors(tmp_path):
     assert open_weights(tmp_path / "w.safetensors").fingerprint() != first
     for cls in (CheckpointError, TextEncoderError):
         assert issubclass(cls, ModelFileError) and issubclass(cls, ValueError)
-    with pytest.raises(CheckpointError, match="unsupported file type '.gguf'") as info:
-        (tmp_path / "x.gguf").write_bytes(b"GGUF")
-        load_stage(tmp_path / "x.gguf")
+    with pytest.raises(CheckpointError, match="unsupported file type '.onnx'") as info:   # (GGUF: test_text_gguf)
+        (tmp_path / "x.onnx").write_bytes(b"ONNX")
+        load_stage(tmp_path / "x.onnx")
     assert type(info.value.__cause__) is ModelFileError  # converted once, at the package boundary
     with pytest.raises(CheckpointError, match="dtype must be one of"):
         load_stage(tmp_path / "w.safetensors", dtype=torch.float8_e4m3fn)
@@ -317,3 +317,14 @@ def test_fallback_tokenizer_only_for_a_sentencepiece_sized_model(tmp_path):
     write_tiny_t5(tmp_path / "t5xxl_tiny.safetensors", vocab_size=32128)
     t5 = load_t5(tmp_path / "t5xxl_tiny.safetensors", fallback_tokenizer=SHARED_T5)
     assert t5.tokenizer.tokenize(["a red circle"])[0] == [3, 9, 1131, 8196]
+
+
+def test_a_second_name_for_a_folder_is_listed_and_a_link_cycle_is_not_followed(tmp_path):
+    """Saved workflows may name a model through a link (``current -> v3``): every name is offered; a link back into
+    a folder it sits in is not walked twice."""
+    models = tmp_path / "imagen"
+    (models / "v3").mkdir(parents=True)
+    (models / "v3" / "x.safetensors").write_bytes(b"")
+    (models / "current").symlink_to(models / "v3", target_is_directory=True)
+    (models / "v3" / "loop").symlink_to(models, target_is_directory=True)
+    assert files.scan_folder(models).stages == ("current/x.safetensors", "v3/x.safetensors")

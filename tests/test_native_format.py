@@ -81,15 +81,23 @@ def test_a_stripped_stage_config_is_named_as_missing(tmp_path):
         load_stage(path)
 
 
-def test_save_writes_the_current_format_with_the_train_config(tmp_path):
+def test_save_writes_the_oldest_format_that_reads_it_with_the_train_config(tmp_path):
+    from comfyui_imagen.settings import DEFAULT_BASE
+
     stage = load_stage(FIXTURES / "stage-v1-tiny-base.safetensors")
     train = TINY_TRAIN.replace(lr=3e-4, weighting="p2", crop=16)
-    path = save_stage(tmp_path / "v2.safetensors", stage.unet, stage.config, train_config=train)
+    v1 = save_stage(tmp_path / "v1.safetensors", stage.unet, stage.config, train_config=train)
+    assert metadata(v1)[FORMAT_KEY] == "stage-v1"  # nothing a v1 reader refuses: the previous release opens it
+    assert set(json.loads(metadata(v1)[STAGE_KEY])) == set(json.loads(metadata(FIXTURES / "stage-v1-tiny-base"
+                                                                                ".safetensors")[STAGE_KEY]))
+    path = save_stage(tmp_path / "v2.safetensors", stage.unet, stage.config.replace(sampling=DEFAULT_BASE),
+                      train_config=train)
     meta = metadata(path)
-    assert meta[FORMAT_KEY] == FORMAT == "stage-v2"
+    assert meta[FORMAT_KEY] == FORMAT == "stage-v2"  # the recommended settings are a field v1 readers refuse
     assert json.loads(meta[TRAIN_KEY]) == train.to_dict()
     again = load_stage(path)
-    assert again.config == stage.config and again.train_config == train and read_train_config(path) == train
+    assert again.config == stage.config.replace(sampling=DEFAULT_BASE) and again.train_config == train
+    assert read_train_config(path) == train and load_stage(v1).train_config == train
     assert weights_digest(again.unet.state_dict()) == V1["stage-v1-tiny-base.safetensors"]["weights_sha256"]
     assert TRAIN_KEY not in metadata(save_stage(tmp_path / "none.safetensors", stage.unet, stage.config))
     with pytest.raises(ValueError, match="TrainConfig"):

@@ -79,7 +79,7 @@ def test_image_to_image_equals_the_library_on_base_and_sr(loaded):
 
 
 def test_inpaint_equals_the_library(loaded):
-    _, base, _, embeds = loaded
+    _, base, sr, embeds = loaded
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
     mask = torch.zeros(1, 64, 64)
     mask[:, 8:40, 16:56] = 1
@@ -87,3 +87,11 @@ def test_inpaint_equals_the_library(loaded):
     ref = cascade.inpaint(base.stage, embeds, from_comfy_image(image), from_comfy_mask(mask), resample=2,
                           settings=SamplingSettings(sampler="ddpm", **SETTINGS))
     _same(filled, ref)
+    big, low = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(3)), image
+    big_mask = torch.nn.functional.interpolate(mask[None], size=(128, 128))[0]
+    (filled_sr,) = sampling.ImagenInpaint().inpaint(sr, embeds, big, big_mask, resample=2, noise_level=41,
+                                                    lowres_image=low, **WIDGETS)
+    ref_sr = cascade.inpaint(sr.stage, embeds, from_comfy_image(big), from_comfy_mask(big_mask), resample=2,
+                             noise_level=41, lowres_image=from_comfy_image(low),
+                             settings=SamplingSettings(sampler="ddpm", **SETTINGS))
+    _same(filled_sr, ref_sr)

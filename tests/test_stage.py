@@ -9,9 +9,10 @@ from comfyui_imagen.guidance import CFGDenoiser, Thresholded
 from comfyui_imagen.samplers import SAMPLER_OPTIONS, SAMPLERS, get_sampler, sample_repaint, sampler_options
 from comfyui_imagen.settings import (DEFAULT_BASE, DEFAULT_SR, IF_STAGE_I, IF_STAGE_II, SamplingSettings,
                                      StageDefaults)
-from comfyui_imagen.stage import Stage, StageConfig, if_stage_config
+from comfyui_imagen.checkpoints import if_stage_config
+from comfyui_imagen.stage import Stage, StageConfig
 from comfyui_imagen.unet import TINY_BASE, TINY_SR, ImagenUNet
-from comfyui_imagen.validation import check_int
+from comfyui_imagen.checks import check_int
 
 
 def test_old_import_places_still_work():

@@ -101,3 +101,12 @@ def test_config_rejects_bad_values():
         TrainConfig(crop=100)
     with pytest.raises(ValueError, match="weighting"):
         TrainConfig(weighting="snr")
+
+
+def test_warmup_cosine_overlap_is_the_demo_t5_schedule():
+    """The demo T5's pre-training formula as it was written before the one home: lr * min(1, (s + 1) / 100) *
+    0.5 (1 + cos(pi s / steps)); at s = 150 of 300: 1e-3 * 1 * 0.5 = 5e-4, at s = 49: 1e-3 * 0.5 * (1 + cos(0.163 pi))."""
+    old = [1e-3 * min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / 300)) for s in range(300)]
+    new = [warmup_cosine(s, steps=300, lr=1e-3, warmup_steps=100, overlap=True) for s in range(300)]
+    assert new == pytest.approx(old, rel=1e-12, abs=1e-15)
+    assert new[150] == pytest.approx(5e-4) and new[0] == pytest.approx(1e-5 * 0.5 * 2)

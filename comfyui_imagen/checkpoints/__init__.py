@@ -4,10 +4,11 @@
 the native one. `Stage` and `StageConfig` live in `comfyui_imagen.stage` (re-exported here); the weight reading is
 `comfyui_imagen.files`.
 """
-from ..stage import IF_STAGES, Stage, StageConfig, if_stage_config
+from ..stage import Stage, StageConfig
 from .errors import CheckpointError
+from .if_stages import IF_DEFAULTS, IF_STAGES, if_stage_config
 from .loader import STAGE_DTYPES, classify, load_stage
 from .native import read_train_config, save_stage
 
-__all__ = ["CheckpointError", "IF_STAGES", "STAGE_DTYPES", "Stage", "StageConfig", "classify", "if_stage_config",
+__all__ = ["CheckpointError", "IF_DEFAULTS", "IF_STAGES", "STAGE_DTYPES", "Stage", "StageConfig", "classify", "if_stage_config",
            "load_stage", "read_train_config", "save_stage"]

@@ -6,12 +6,13 @@ and a DeepFloyd IF file differ only in where the config comes from.
 Metadata (all strings): ``comfyui_imagen.format`` the format version; ``comfyui_imagen.stage`` the `StageConfig` as
 JSON; ``comfyui_imagen.train`` (optional) the `TrainConfig` that trained the stage, as JSON. Versions:
 
-    stage-v1   format and stage keys (the files shipped until the Stage redesign; tests/fixtures keeps frozen ones)
-    stage-v2   the StageConfig may carry ``sampling`` (the stage's recommended settings), which a v1 reader refuses;
-               the optional train key
+    stage-v1   format and stage keys (the files shipped until the Stage redesign; tests/fixtures keeps frozen ones);
+               a v1 reader ignores other keys, so the optional train key may stand in a v1 file
+    stage-v2   the stage config uses a field a v1 reader refuses: ``sampling`` (the stage's recommended settings)
+               or a U-Net option added since (IF-family settings such as other time-embedding forms)
 
-Every version stays readable; the written one changes whenever a reader of the previous one would refuse or misread
-a file (a new StageConfig field does: `StageConfig.from_dict` refuses fields it does not know).
+Every version stays readable. A file is written in the oldest version that can read it (`format_for`), so a stage
+that needs nothing new still opens in the previous release: readers refuse fields they do not know.
 """
 from __future__ import annotations
 
@@ -33,8 +34,20 @@ if TYPE_CHECKING:
 FORMAT_KEY = "comfyui_imagen.format"
 STAGE_KEY = "comfyui_imagen.stage"
 TRAIN_KEY = "comfyui_imagen.train"
-FORMAT = "stage-v2"  # what save_stage writes
+FORMAT = "stage-v2"  # the newest version, what a file that uses anything added since v1 is written as
 READABLE_FORMATS = ("stage-v1", "stage-v2")
+# the fields a stage-v1 reader knows (frozen: what the last v1 release's dataclasses had)
+V1_STAGE_FIELDS = frozenset({"lowres_resolution", "name", "num_train_timesteps", "prediction_type", "resolution",
+                             "role", "schedule", "text_embed_dim", "unet", "variance_type"})
+V1_UNET_FIELDS = frozenset({"act", "attention", "channels", "cond_dim", "head_dim", "in_channels", "layers",
+                            "lowres_cond", "mid_attention", "mid_scale", "norm_eps", "norm_groups", "out_channels",
+                            "pool_heads", "resnet_scale", "text_embed_dim", "text_mask", "time_embed_dim"})
+
+
+def format_for(config_dict: dict) -> str:
+    """The oldest format whose readers read this stage config (`StageConfig.to_dict`)."""
+    v1 = set(config_dict) <= V1_STAGE_FIELDS and set(config_dict["unet"]) <= V1_UNET_FIELDS
+    return "stage-v1" if v1 else FORMAT
 
 
 def is_native(weights: Weights) -> bool:
@@ -63,7 +76,8 @@ def save_stage(path: str | os.PathLike, unet: nn.Module, config: StageConfig,
         raise ValueError("save_stage: the U-Net's own config differs from config.unet; pass the StageConfig it was "
                          "built from (or config.replace(unet=unet.config))")
     state = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
-    metadata = {"format": "pt", FORMAT_KEY: FORMAT, STAGE_KEY: json.dumps(config.to_dict(), sort_keys=True)}
+    stage = config.to_dict()
+    metadata = {"format": "pt", FORMAT_KEY: format_for(stage), STAGE_KEY: json.dumps(stage, sort_keys=True)}
     if train_config is not None:
         metadata[TRAIN_KEY] = json.dumps(train_config.to_dict(), sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)

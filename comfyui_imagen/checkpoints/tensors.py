@@ -16,7 +16,12 @@ from torch import nn
 from ..files import Weights, load_pickle_state_dict, open_weights
 from .errors import CheckpointError
 
-__all__ = ["Weights", "build_on_meta", "check_finite", "load_pickle_state_dict", "open_weights"]
+__all__ = ["Weights", "build_on_meta", "check_finite", "load_pickle_state_dict", "open_weights", "storage_dtype"]
+
+
+def storage_dtype(weights: Weights) -> torch.dtype:
+    """`Weights.storage_dtype` (kept under its earlier name)."""
+    return weights.storage_dtype()
 
 
 def check_finite(key: str, tensor: torch.Tensor, source: Path) -> None:

@@ -16,7 +16,9 @@ from typing import Iterable, Iterator
 
 from .errors import ModelFileError
 from .families import IF_PIPELINE, PIPELINE_FILE, T5_FOLDER, UNET_FOLDER, folder_family
-from .reader import WEIGHT_SUFFIXES
+from .reader import GGUF_SUFFIXES, WEIGHT_SUFFIXES
+
+T5_SUFFIXES = WEIGHT_SUFFIXES + GGUF_SUFFIXES  # a T5 file is also read from GGUF (ComfyUI-GGUF's T5 encoders)
 
 WHERE_MODELS_GO = ("Put stage files and DeepFloyd IF folders (e.g. IF-I-M-v1.0/, IF-II-M-v1.0/) in "
                    "ComfyUI/models/imagen/ and T5 files (e.g. t5xxl_fp16.safetensors) in "
@@ -32,20 +34,21 @@ class Found:
     t5: tuple[str, ...]
 
 
-def is_weight_file(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in WEIGHT_SUFFIXES
+def is_weight_file(name: str, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES) -> bool:
+    return os.path.splitext(name)[1].lower() in suffixes
 
 
 def _walk(root: str | Path) -> Iterator[tuple[str, str, list[str], list[str]]]:
-    """os.walk with sorted folders, following links but never into a folder twice: (rel, dirpath, dirnames,
+    """os.walk with sorted folders, following links except back into a folder it is inside of (a link cycle): a
+    second name for a folder is listed too, as saved workflows may hold it. Yields (rel, dirpath, dirnames,
     filenames); prune by emptying ``dirnames``."""
-    seen: set[str] = set()
+    chains: dict[str, tuple[str, ...]] = {}  # dirpath -> the real paths of it and its ancestors
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
+        real, above = os.path.realpath(dirpath), chains.get(os.path.dirname(dirpath), ())
+        if real in above:
             dirnames[:] = []
             continue
-        seen.add(real)
+        chains[dirpath] = (*above, real)
         dirnames.sort()
         rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
         yield rel, dirpath, dirnames, sorted(filenames)
@@ -75,9 +78,10 @@ def scan_folder(root: str | Path) -> Found:
     return Found(tuple(stages), tuple(t5))
 
 
-def weight_files(root: str | Path) -> list[str]:
-    """Every weight file under `root` (``models/text_encoders``), relative names, sorted."""
-    return sorted(_join(rel, n) for rel, _, _, filenames in _walk(root) for n in filenames if is_weight_file(n))
+def weight_files(root: str | Path, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES) -> list[str]:
+    """Every weight file (of one of `suffixes`) under `root` (``models/text_encoders``), relative names, sorted."""
+    return sorted(_join(rel, n) for rel, _, _, filenames in _walk(root) for n in filenames
+                  if is_weight_file(n, suffixes))
 
 
 def _unique(names: Iterable[str]) -> list[str]:
@@ -92,9 +96,9 @@ def list_stages(roots: Iterable[str | Path], bundled: Iterable[Path] = ()) -> li
 
 def list_t5(text_roots: Iterable[str | Path], model_roots: Iterable[str | Path],
             bundled: Iterable[Path] = ()) -> list[str]:
-    """T5 names: weight files under `text_roots` (``models/text_encoders``), T5 folders under `model_roots`
-    (``models/imagen``), then the `bundled` files' names."""
-    files = sorted(name for root in text_roots for name in weight_files(root))
+    """T5 names: weight and GGUF files under `text_roots` (``models/text_encoders``, ``models/clip``), T5 folders
+    under `model_roots` (``models/imagen``), then the `bundled` files' names."""
+    files = sorted(name for root in text_roots for name in weight_files(root, T5_SUFFIXES))
     folders = [name for root in model_roots for name in scan_folder(root).t5]
     return _unique(files + folders + [Path(p).name for p in bundled])
 

@@ -48,6 +48,13 @@ DIFFUSERS_UNET = Family("diffusers-unet", "a diffusion U-Net (diffusers layout) 
                         f"{STAGE_LOADER} reads IF stage I/II U-Nets, which have all of {list(IF_PROBE_KEYS)}; load "
                         "other U-Nets with ComfyUI's own loaders")
 T5 = Family("t5", "a T5 text encoder", f"load it with {T5_LOADER}, not as a stage")
+LLM = Family("llm", "a language model (LLM) in llama.cpp's GGUF layout",
+             "Imagen's loaders take no LLMs; Imagen conditions on T5 v1.1 XXL (e.g. t5-v1_1-xxl-encoder-Q8_0.gguf)")
+GGUF_ARCHITECTURE = "general.architecture"  # the metadata key naming a GGUF file's model
+GGUF_T5_ARCHITECTURES = ("t5encoder", "t5")  # llama.cpp's names: encoder only, encoder-decoder
+# what ComfyUI-GGUF's diffusion-model files declare (its loader.py IMG_ARCH_LIST)
+GGUF_DIFFUSION_ARCHITECTURES = ("flux", "sd1", "sdxl", "sd3", "aura", "hidream", "cosmos", "ltxv", "hyvid", "wan",
+                                "lumina2", "qwen_image")
 CLIP = Family("clip", "a CLIP model", "it is not a diffusion stage nor a T5; Imagen conditions on T5 only")
 VAE = Family("vae", "a VAE", "Imagen works in pixel space and takes no VAE")
 
@@ -71,20 +78,33 @@ _RULES: tuple[tuple[Callable[[set[str]], bool], Family], ...] = (
     (lambda ks: _prefixed("model.diffusion_model.", "first_stage_model.", "input_blocks.")(ks)
      or _containing(".transformer_blocks.")(ks), SD),
     (_prefixed("down_blocks.", "conv_in.", "mid_block."), DIFFUSERS_UNET),
-    (lambda ks: _containing("encoder.block.", "encoder.final_layer_norm")(ks) or "shared.weight" in ks, T5),
+    (lambda ks: _containing("encoder.block.", "encoder.final_layer_norm")(ks) or "shared.weight" in ks
+     or _prefixed("enc.blk.")(ks), T5),
+    (lambda ks: "token_embd.weight" in ks and _prefixed("blk.")(ks), LLM),
     (_prefixed("text_model.", "vision_model."), CLIP),
     (_prefixed("encoder.down.", "decoder.up.", "encoder.down_blocks.", "decoder.up_blocks.", "quant_conv."), VAE),
 )
 
 
-def identify(keys: Iterable[str], metadata: Mapping[str, str] | None = None) -> Family | None:
-    """The family of a weight file from its tensor names (and safetensors metadata); None when nothing matches."""
+def identify(keys: Iterable[str], metadata: Mapping[str, object] | None = None) -> Family | None:
+    """The family of a weight file from its tensor names (and safetensors or GGUF metadata); None when nothing
+    matches."""
     if metadata and any(str(k).startswith(METADATA_PREFIX) for k in metadata):
         return NATIVE
     ks = set(keys)
     if ks.issuperset(IF_PROBE_KEYS):
         return DEEPFLOYD
-    return next((family for test, family in _RULES if test(ks)), None)
+    found = next((family for test, family in _RULES if test(ks)), None)
+    arch = (metadata or {}).get(GGUF_ARCHITECTURE)
+    if found is not None or not isinstance(arch, str):
+        return found
+    if arch in GGUF_T5_ARCHITECTURES:
+        return T5
+    if arch in GGUF_DIFFUSION_ARCHITECTURES:
+        return Family(f"gguf-{arch}", f"a {arch} diffusion model (ComfyUI-GGUF)",
+                      "load it with ComfyUI-GGUF's Unet Loader (GGUF); the Imagen loaders take DeepFloyd IF stages "
+                      "and T5 encoders")
+    return Family(f"gguf-{arch}", f"a GGUF {arch!r} model (a language model, going by its layout)", LLM.advice)
 
 
 # -- folders -----------------------------------------------------------------------------------------------------------
@@ -118,6 +138,6 @@ def folder_family(folder: str | Path) -> Family | None:
     config = read_json(folder / "config.json")
     if _is_unet_config(config):
         return UNET_FOLDER
-    if config.get("model_type") in ("t5", "umt5") or any("T5" in str(a) for a in config.get("architectures") or ()):
+    if config.get("model_type") in ("t5", "umt5", "mt5") or any("T5" in str(a) for a in config.get("architectures") or ()):
         return T5_FOLDER
     return None

@@ -1,6 +1,6 @@
-"""One lazy reader for every weight file: safetensors (one file, or shards named by an ``*.index*.json``) and PyTorch
-pickles, opened as `Weights`: keys, shapes, dtypes and metadata up front (headers only), tensors on demand in one of
-two ways, chosen per use:
+"""One lazy reader for every weight file: safetensors (one file, or shards named by an ``*.index*.json``), PyTorch
+pickles and GGUF (its header parsed in gguf.py), opened as `Weights`: keys, shapes, dtypes and metadata up front
+(headers only), tensors on demand in one of two ways, chosen per use:
 
 * materialised, ``read_into(key, out)``: plain file reads into a tensor the caller allocated in the compute dtype and
   memory layout (a cast or a channels-last layout goes through a small reused scratch buffer), so a load peaks at
@@ -30,6 +30,7 @@ from .errors import ModelFileError
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+GGUF_SUFFIXES = (".gguf",)  # llama.cpp's format (files/gguf.py); only T5 encoders are read from it
 CHUNK_BYTES = 1 << 20  # scratch for converting reads (cast, channels-last); small keeps the peak low
 MAX_HEADER_BYTES = 100_000_000
 _STATE_DICT_WRAPPERS = ("state_dict", "model", "module", "ema")  # nesting used by training frameworks
@@ -125,23 +126,29 @@ class Weights:
             out = torch.empty(shape, dtype=dtype)
             self.read_into(key, out)
             return out
+        return self._view(file, offset, numel * dtype.itemsize).view(dtype).view(shape)
+
+    def _view(self, file: Path, offset: int, nbytes: int) -> torch.Tensor:
+        """``nbytes`` bytes of `file` from ``offset`` as a uint8 tensor viewing its private map."""
         try:
             if file not in self._maps:
                 with open(file, "rb") as f:  # copy-on-write: the map is writable, the file never written
                     self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
             # the tensor holds a reference to the map, which is unmapped when the last such tensor goes
-            flat = torch.frombuffer(self._maps[file], dtype=torch.uint8, count=numel * dtype.itemsize, offset=offset)
+            return torch.frombuffer(self._maps[file], dtype=torch.uint8, count=nbytes, offset=offset)
         except (OSError, ValueError) as e:
             raise ModelFileError(f"{file} cannot be memory-mapped ({e}); it changed since it was opened, or the file "
                                  "system does not allow it: copy the file again") from e
-        return flat.view(dtype).view(shape)
 
     def _readable(self, key: str) -> torch.dtype:
         dtype = self.dtypes[key]
         if dtype is None:
-            raise ModelFileError(f"{self.path}: tensor {key!r} is stored as {self._unread.get(key)!r}, which this "
-                                 "version of PyTorch cannot hold; use a file with float or integer tensors")
+            raise ModelFileError(f"{self.path}: tensor {key!r} {self._unreadable(key)}")
         return dtype
+
+    def _unreadable(self, key: str) -> str:
+        return (f"is stored as {self._unread.get(key)!r}, which this version of PyTorch cannot hold; use a file with "
+                "float or integer tensors")
 
     # -- opening ------------------------------------------------------------------------------------------------------
     def _add_file(self, file: Path) -> None:
@@ -202,11 +209,15 @@ class Weights:
 
 
 def open_weights(path: str | Path) -> Weights:
-    """`Weights` of a safetensors file, a sharded index (``*.index*.json``) or a pickle (``weights_only=True``);
+    """`Weights` of a safetensors file, a sharded index (``*.index*.json``), a pickle (``weights_only=True``) or a
+    GGUF file (`GGUFWeights`);
     `ModelFileError` naming the file and the fix if it is missing, damaged or of another type."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path} does not exist (or is not a file)")
+    if path.suffix.lower() in GGUF_SUFFIXES:
+        from .gguf import open_gguf  # (gguf.py builds on this module)
+        return open_gguf(path)
     weights = Weights(path)
     if is_index(path):
         weights._add_index(path)

@@ -1,4 +1,5 @@
-"""T5 encoder configuration: presets, reading a Hugging Face ``config.json``, and inference from tensor shapes.
+"""T5 encoder configuration: presets, reading a Hugging Face ``config.json`` or GGUF metadata, and inference from
+tensor shapes.
 
 A single-file T5 (``t5xxl_fp16.safetensors``, ``t5xxl_fp8_e4m3fn.safetensors``) carries no config; everything but the
 activation is visible in the shapes of its tensors (key names as Hugging Face writes them):
@@ -172,16 +173,41 @@ def config_from_hf(hf: Mapping, shapes: Mapping[str, Sequence[int]], *, source: 
     inferred = infer_config(shapes, source=source, activation=activation,
                             layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
                             relative_attention_max_distance=int(hf.get("relative_attention_max_distance", 128)))
-    checks = {"d_model": hf.get("d_model"), "num_heads": hf.get("num_heads"), "d_kv": hf.get("d_kv"),
-              "d_ff": hf.get("d_ff"), "num_layers": hf.get("num_layers")}
-    wrong = {k: (v, getattr(inferred, k)) for k, v in checks.items() if v is not None and v != getattr(inferred, k)}
-    if wrong:
-        detail = ", ".join(f"{k}: config {a} vs weights {b}" for k, (a, b) in wrong.items())
-        raise TextEncoderError(f"{source}: config.json does not match the weights ({detail}); "
-                               "put the config.json that came with these weights next to them")
+    fix = "put the config.json that came with these weights next to them"
+    _check_declared({k: hf.get(k) for k in ("d_model", "num_heads", "d_kv", "d_ff", "num_layers")}, inferred,
+                    source=source, where="config.json", fix=fix)
     if gated is not None and gated != inferred.gated:
         raise TextEncoderError(f"{source}: config.json says the FFN is {'gated' if gated else 'not gated'} but the "
-                               "weights say otherwise; put the config.json that came with these weights next to them")
+                               f"weights say otherwise; {fix}")
+    return inferred
+
+
+def _check_declared(declared: Mapping, inferred: T5EncoderConfig, *, source: str, where: str, fix: str) -> None:
+    """Raise `TextEncoderError` where a field ``where`` declares (None: not declared) differs from the shapes'."""
+    wrong = {k: (v, getattr(inferred, k)) for k, v in declared.items() if v is not None and v != getattr(inferred, k)}
+    if wrong:
+        detail = ", ".join(f"{k}: {where} {a} vs weights {b}" for k, (a, b) in wrong.items())
+        raise TextEncoderError(f"{source}: {where} does not match the weights ({detail}); {fix}")
+
+
+# GGUF metadata keys (llama.cpp's convert_hf_to_gguf.py, T5 / T5EncoderModel), under "<general.architecture>."
+_GGUF_FIELDS = {"d_model": "embedding_length", "d_ff": "feed_forward_length", "num_layers": "block_count",
+                "num_heads": "attention.head_count", "d_kv": "attention.key_length",
+                "relative_attention_num_buckets": "attention.relative_buckets_count"}
+
+
+def config_from_gguf(metadata: Mapping, shapes: Mapping[str, Sequence[int]], *, source: str) -> T5EncoderConfig:
+    """A config from the tensors' shapes (keyed as Hugging Face names them) cross-checked against a GGUF file's
+    ``<arch>.embedding_length``, ``.feed_forward_length``, ``.block_count``, ``.attention.head_count`` /
+    ``key_length`` / ``relative_buckets_count``, with the epsilon from ``.attention.layer_norm_rms_epsilon``. GGUF
+    records neither the activation nor the maximum distance: a gated FFN runs T5 v1.1's GELU (tanh), as llama.cpp
+    does, a plain one ReLU, and the distance is T5's 128."""
+    arch = metadata.get("general.architecture")
+    eps = metadata.get(f"{arch}.attention.layer_norm_rms_epsilon", metadata.get(f"{arch}.attention.layer_norm_epsilon"))
+    eps = float(f"{eps:.7g}") if eps is not None else 1e-6   # stored as float32: 1e-6 comes back as 9.9999997e-7
+    inferred = infer_config(shapes, source=source, layer_norm_epsilon=eps)
+    _check_declared({k: metadata.get(f"{arch}.{v}") for k, v in _GGUF_FIELDS.items()}, inferred, source=source,
+                    where="its GGUF metadata", fix="the file is damaged or was edited: download it again")
     return inferred
 
 

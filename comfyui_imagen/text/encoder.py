@@ -24,7 +24,8 @@ from .config import describe
 from .errors import TextEncoderError, TextEncoderWarning
 from .fp8 import is_fp8
 from .model import T5Encoder
-from .tokenizers import ByteTokenizer, TOKENIZER_HELP, Tokenizer, find_tokenizer, load_tokenizer, pad_and_truncate
+from .tokenizers import (ByteTokenizer, TOKENIZER_HELP, Tokenizer, embedded_tokenizer, find_tokenizer, load_tokenizer,
+                         pad_and_truncate)
 from .weights import open_source, read_encoder
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,8 @@ def load_t5(path: str | Path, dtype: torch.dtype | None = None, tokenizer=None, 
             fallback_tokenizer: str | Path | None = None, compute_dtype: torch.dtype | None = None,
             device: str | torch.device = "cpu", cache: EmbeddingCache | None = None) -> T5TextEncoder:
     """Load a T5 encoder from a single file (fp16, bf16, fp32, fp8 plain or scaled, as ComfyUI keeps it; config
-    inferred from the shapes) or a Hugging Face folder (config.json + model.safetensors / sharded index / .bin).
+    inferred from the shapes; or a GGUF file, kept quantized), or a Hugging Face folder (config.json +
+    model.safetensors / sharded index / .bin).
 
     dtype: storage dtype of the embedding and linear weights -- None keeps the file's (an fp8 file stays fp8 and is
     upcast layer by layer while encoding), or torch.float32 / bfloat16 / float16 / float8_e4m3fn / float8_e5m2.
@@ -298,6 +300,8 @@ def load_t5(path: str | Path, dtype: torch.dtype | None = None, tokenizer=None, 
     model.set_compute_dtype(compute_dtype or pick_compute_dtype(weight_dtype, device))
     if torch.device(device).type != "cpu":
         model.to(device)
+    if tokenizer is None:
+        tokenizer = embedded_tokenizer(weights.metadata, str(path))   # a GGUF file's own vocabulary, if any
     tok = _resolve_tokenizer(tokenizer, path, config.vocab_size, fallback_tokenizer)
     identity = f"{weights.fingerprint()}|{dtype}"
     encoder = T5TextEncoder(model, tok, identity=identity, cache=cache)

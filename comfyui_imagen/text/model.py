@@ -1,4 +1,5 @@
-"""A T5 encoder stack whose big weights stay in their storage dtype (fp8, fp16, bf16, fp32) and are cast per layer.
+"""A T5 encoder stack whose big weights stay in their storage dtype (fp8, fp16, bf16, fp32, or a GGUF file's GGML
+blocks) and are cast or dequantized per layer.
 
 Module names mirror transformers' ``T5EncoderModel`` (``shared``, ``encoder.block.N.layer.0.SelfAttention.q`` ...), so
 a Hugging Face or ComfyUI state dict loads with ``load_state_dict(assign=True)``, and the arithmetic is T5's (Raffel
@@ -19,13 +20,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import quant
 from .config import T5EncoderConfig
 
 
-class CastLinear(nn.Linear):
-    """``nn.Linear`` without bias whose weight keeps its storage dtype (fp8 included) and is cast to the input's dtype
-    in ``forward``. An optional ``weight_scale`` (scaled fp8: W = W_stored * scale, per tensor or per output row) is
-    applied to the output instead of the weight: x (W s)^T = (x W^T) s, one multiply of [.., out] instead of [out, in].
+class StoredWeight:
+    """How a layer holds its weight: as stored in a float dtype (fp8 included, with an optional ``weight_scale``), or
+    as GGML blocks from a GGUF file: ``weight`` uint8 [rows, bytes per row] and ``weight_qtype`` the GGML type id (a
+    0-d int tensor; `quant` dequantizes the rows when the layer runs). Loading a state dict that holds
+    ``weight_qtype`` reshapes the (meta) weight to the blocks it brings."""
+
+    weight: torch.Tensor
+    weight_qtype: torch.Tensor | None
+    qtype: str | None = None  # the GGML type name of a quantized weight
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        qtype = state_dict.get(prefix + "weight_qtype")
+        if qtype is not None:
+            blocks = state_dict[prefix + "weight"]
+            self.weight = nn.Parameter(torch.empty(blocks.shape, dtype=blocks.dtype, device="meta"),
+                                       requires_grad=False)
+            self.weight_qtype = torch.empty((), dtype=qtype.dtype, device="meta")
+            self.qtype = quant.type_name(int(qtype))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class CastLinear(StoredWeight, nn.Linear):
+    """``nn.Linear`` without bias whose weight keeps its storage dtype (fp8 and GGML blocks included) and is cast or
+    dequantized to the input's dtype in ``forward``. An optional ``weight_scale`` (scaled fp8: W = W_stored * scale,
+    per tensor or per output row) is applied to the output instead of the weight: x (W s)^T = (x W^T) s, one multiply
+    of [.., out] instead of [out, in].
     """
 
     weight_scale: torch.Tensor | None
@@ -34,20 +58,21 @@ class CastLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=False, device=device)
         self.weight.requires_grad_(False)
         self.register_buffer("weight_scale", None)
+        self.register_buffer("weight_qtype", None)
 
     def reset_parameters(self) -> None:  # weights always come from a file; skip the random init
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight.to(x.dtype))
+        y = F.linear(x, quant.dequantize_weight(self.weight, self.qtype, x.dtype))
         if self.weight_scale is not None:
             y = y * self.weight_scale.to(y.dtype).reshape(-1)
         return y
 
 
-class CastEmbedding(nn.Embedding):
-    """``nn.Embedding`` that looks rows up in the stored dtype and returns them in ``out_dtype`` (× optional scalar
-    ``weight_scale``)."""
+class CastEmbedding(StoredWeight, nn.Embedding):
+    """``nn.Embedding`` that looks rows up as stored (GGML blocks included: only the rows looked up are dequantized)
+    and returns them in ``out_dtype`` (× optional scalar ``weight_scale``)."""
 
     weight_scale: torch.Tensor | None
 
@@ -55,12 +80,13 @@ class CastEmbedding(nn.Embedding):
         super().__init__(num_embeddings, embedding_dim, device=device)
         self.weight.requires_grad_(False)
         self.register_buffer("weight_scale", None)
+        self.register_buffer("weight_qtype", None)
 
     def reset_parameters(self) -> None:
         pass
 
     def forward(self, ids: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        rows = F.embedding(ids, self.weight).to(out_dtype)
+        rows = quant.dequantize_weight(F.embedding(ids, self.weight), self.qtype, out_dtype)
         if self.weight_scale is not None:
             rows = rows * self.weight_scale.to(out_dtype).reshape(())
         return rows

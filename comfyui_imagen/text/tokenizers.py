@@ -1,5 +1,5 @@
-"""Tokenizers for T5: a Hugging Face tokenizer folder (T5's SentencePiece vocabulary as tokenizer.json) or ByT5-style
-bytes, plus padding and truncation the way DeepFloyd IF's pipeline does them.
+"""Tokenizers for T5: a Hugging Face tokenizer folder (T5's SentencePiece vocabulary as tokenizer.json), the vocabulary
+a GGUF file embeds, or ByT5-style bytes, plus padding and truncation the way DeepFloyd IF's pipeline does them.
 
 Every tokenizer here returns the *content* ids of each text (no special tokens); `pad_and_truncate` appends T5's
 end-of-sequence token, truncates to ``max_length`` keeping that token last (as transformers' ``truncation=True``
@@ -79,6 +79,70 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
+
+
+# SentencePiece piece types as GGUF's tokenizer.ggml.token_type stores them (llama.cpp's SentencePieceTokenTypes)
+SPM_UNKNOWN, SPM_CONTROL, SPM_USER_DEFINED = 2, 3, 4
+GGUF_VOCAB = "tokenizer.ggml."
+
+
+class VocabTokenizer:
+    """T5's SentencePiece unigram tokenizer rebuilt from the vocabulary a GGUF file embeds.
+
+    llama.cpp's converter (convert_hf_to_gguf.py, T5EncoderModel.set_vocab) writes spiece.model as
+    ``tokenizer.ggml.model`` = "t5", ``.tokens`` (pieces, padded to the embedding rows with unused "[PADn]"),
+    ``.scores``, ``.token_type``, ``.add_space_prefix``, ``.remove_extra_whitespaces``, ``.precompiled_charsmap``
+    and the special ids. They are assembled here with the ``tokenizers`` library into what T5's own tokenizer.json
+    holds: the charsmap normalizer, a right strip and runs of spaces folded (remove_extra_whitespaces), the "▁"
+    metaspace prefixed to the text (add_space_prefix), the unigram model, and control / unknown / user-defined
+    pieces as special tokens, so the ids are the tokenizer folder's.
+    """
+
+    def __init__(self, metadata: dict, name: str):
+        from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
+        from tokenizers import Tokenizer as Built
+        from tokenizers.models import Unigram
+
+        tokens, types = list(metadata[GGUF_VOCAB + "tokens"]), list(metadata[GGUF_VOCAB + "token_type"])
+        scores = [float(x) for x in metadata[GGUF_VOCAB + "scores"]]
+
+        def special(key: str, default: str) -> int | None:
+            value = metadata.get(GGUF_VOCAB + key)
+            return int(value) if value is not None else (tokens.index(default) if default in tokens else None)
+
+        self.name, self.vocab_size = name, len(tokens)
+        self.pad_id, self.eos_id = special("padding_token_id", "<pad>") or 0, special("eos_token_id", "</s>")
+        self.unk_id = special("unknown_token_id", "<unk>")
+        if self.eos_id is None or not len(tokens) == len(types) == len(scores):
+            raise TextEncoderError(f"the vocabulary embedded in {name} is incomplete (no '</s>', or tokens, scores "
+                                   "and types of different lengths); " + TOKENIZER_HELP)
+        built = Built(Unigram(list(zip(tokens, scores)), unk_id=self.unk_id, byte_fallback=False))
+        steps = []
+        charsmap = metadata.get(GGUF_VOCAB + "precompiled_charsmap")
+        if charsmap:
+            steps.append(normalizers.Precompiled(bytes(charsmap)))
+        if metadata.get(GGUF_VOCAB + "remove_extra_whitespaces", True):
+            steps += [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")]
+        built.normalizer = normalizers.Sequence(steps)
+        prefix = "first" if metadata.get(GGUF_VOCAB + "add_space_prefix", True) else "never"
+        built.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prefix)
+        built.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=prefix)
+        built.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, types)
+                                  if kind in (SPM_UNKNOWN, SPM_CONTROL, SPM_USER_DEFINED)])
+        self._built = built
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._built.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._built.decode(list(ids))
+
+
+def embedded_tokenizer(metadata: dict, name: str) -> VocabTokenizer | None:
+    """The tokenizer a GGUF file's metadata embeds, when it is a T5 (SentencePiece unigram) vocabulary."""
+    if metadata.get(GGUF_VOCAB + "model") != "t5" or not metadata.get(GGUF_VOCAB + "tokens"):
+        return None
+    return VocabTokenizer(metadata, f"{name}#vocab")
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,17 @@ class TrainConfig:
         return dataclass_from_dict(cls, data)
 
 
-def warmup_cosine(step: int, *, steps: int, lr: float, lr_final: float = 0.0, warmup_steps: int = 0) -> float:
+def warmup_cosine(step: int, *, steps: int, lr: float, lr_final: float = 0.0, warmup_steps: int = 0,
+                  overlap: bool = False) -> float:
     """The learning rate at 0-based `step`: linear warm-up, lr * (step + 1) / warmup_steps for the first
     `warmup_steps` steps, then a half cosine from `lr` down to `lr_final` at `steps` (Loshchilov & Hutter 2017,
-    "SGDR", eq. 5, one cycle), held at `lr_final` after it."""
+    "SGDR", eq. 5, one cycle), held at `lr_final` after it.
+
+    ``overlap``: the cosine spans the whole run from step 0 and the warm-up factor min(1, (step + 1) / warmup_steps)
+    scales it (the demo T5's pre-training schedule, kept so that ``train demo`` reproduces the shipped encoder)."""
+    if overlap:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+        return min(1.0, (step + 1) / max(1, warmup_steps)) * (lr_final + (lr - lr_final) * cosine)
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))

@@ -34,7 +34,7 @@ from .config import warmup_cosine
 # d_model 256, 3 layers, 4 heads of 64, gated-GELU feed-forward 512: ~2.0 M parameters, 8 MB in fp32.
 DEMO_T5_SHAPE = dict(d_model=256, d_kv=64, d_ff=512, num_layers=3, num_heads=4, feed_forward_proj="gated-gelu",
                      relative_attention_num_buckets=32, relative_attention_max_distance=128)
-T5_WARMUP_STEPS = 100  # pre-training: linear warm-up over these steps, then a cosine down to zero
+T5_WARMUP_STEPS = 100  # pre-training: a cosine to zero over the run, its first steps scaled by a linear warm-up
 
 
 def bucket_offset(bucket: int, num_buckets: int = 32, max_distance: int = 128) -> float:
@@ -174,9 +174,9 @@ def _probe_loss(model, probe: FactProbe, batch, facts: torch.Tensor,
 
 def train_demo_t5(vocab_size: int, seed: int = 0, steps: int = 600, batch_size: int = 64, lr: float = 1e-3,
                   log: Callable[[str], None] | None = None, **shape):
-    """`build_demo_t5`'s encoder after `steps` of caption pre-training (module docstring; AdamW at `lr`, warmed up
-    over `T5_WARMUP_STEPS`, then a cosine to zero), frozen, and the probe's per-fact accuracy on 512 held-out
-    captions ({fact: fraction})."""
+    """`build_demo_t5`'s encoder after `steps` of caption pre-training (module docstring; AdamW at `lr` on a cosine
+    to zero over the run, its start warmed up over `T5_WARMUP_STEPS`: `warmup_cosine(overlap=True)`), frozen, and
+    the probe's per-fact accuracy on 512 held-out captions ({fact: fraction})."""
     model = build_demo_t5(vocab_size, seed, **shape).train().requires_grad_(True)
     torch.manual_seed(seed)
     probe = FactProbe(model.config.d_model)
@@ -185,7 +185,7 @@ def train_demo_t5(vocab_size: int, seed: int = 0, steps: int = 600, batch_size: 
     rng = np.random.default_rng(seed)
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, steps=steps, lr=lr, warmup_steps=T5_WARMUP_STEPS)
+            group["lr"] = warmup_cosine(step, steps=steps, lr=lr, warmup_steps=T5_WARMUP_STEPS, overlap=True)
         loss, accuracy = _probe_loss(model, probe, *_caption_batch(rng, batch_size, "train"))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -60,6 +60,11 @@ def diffusion_loss(model: nn.Module, batch: Batch, text_encoder, stage_config, c
     return weighted_mse(pred, target.to(device), weights.to(device))
 
 
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """`TrainConfig.learning_rate` (kept under its earlier name)."""
+    return config.learning_rate(step)
+
+
 def save_state(path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, step: int) -> None:
     """The resumable state, written atomically (a crash mid-write leaves the previous file)."""
     tmp = path.with_suffix(".tmp")

@@ -18,6 +18,11 @@ diffusers blocks are exact special cases:
   convolutions, so they run at the lower one;
 * the text is attention-pooled and layer-normed and added to the time embedding (IF's ``TextTimeEmbedding``); a
   super-resolution stage embeds its noise-augmentation level exactly like the timestep and adds it too.
+
+The fields after ``text_mask`` are the options diffusers' ``UNet2DConditionModel`` offers for IF's block types beyond
+what IF's releases use (an unmirrored decoder, per-level head widths, additive time conditioning, where the time
+activation runs...); their defaults are this model's original behaviour, and `UNetConfig.to_dict` leaves them out at
+their defaults, so files that do not use them read as before.
 """
 from __future__ import annotations
 
@@ -28,7 +33,10 @@ from typing import Literal
 
 Attention = Literal["none", "cross", "self_cross"]
 ATTENTIONS = ("none", "cross", "self_cross")
-ACTIVATIONS = ("gelu", "silu")
+Activation = Literal["gelu", "silu", "mish"]
+ACTIVATIONS = ("gelu", "silu", "mish")
+TIME_SHIFTS = ("scale_shift", "add")
+CROSS_NORMS = ("group_norm", "layer_norm", "none")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,21 @@ class UNetConfig:
     resnet_scale / mid_scale: residual blocks return ``(x + h) / scale`` (sqrt(2) in the paper's SR stages and IF-II).
     text_mask: whether cross-attention honours the text mask. IF was trained attending to T5's padding tokens (its
     pipelines pass no mask), so IF configs ignore a mask to reproduce IF; Imagen masks, and so do our own stages.
+    head_dim may also be one width per level (the middle block uses the last level's).
+
+    Options (defaults: the behaviour above; diffusers' names in brackets):
+    up_attention / up_head_dim: the decoder's attention and head width per level (None: the encoder's).
+    time_shift: "scale_shift" (``norm(h) * (1 + scale) + shift``) or "add" (``norm(h + proj(t))``)
+    [resnet_time_scale_shift "default"].
+    time_act: an activation applied once to the summed time embedding [time_embedding_act_fn]; resnet_time_act:
+    every residual block applies ``act`` to it again before its projection [not resnet_skip_time_act];
+    time_post_act: an activation closing the timestep MLP [timestep_post_act].
+    cross_norm / cross_norm_groups: how the text is normed before the attention's key/value projections
+    [cross_attention_norm; diffusers fixes the group count at 32]; None groups: norm_groups.
+    text_proj: project the text to cond_dim first (False: the text is used as is, text_embed_dim == cond_dim)
+    [encoder_hid_dim]; text_pool: add the pooled text to the time embedding [addition_embed_type "text"].
+    flip_sin_to_cos / freq_shift: the sinusoidal layout; conv_in_kernel / conv_out_kernel; center_input: map the
+    input x -> 2x - 1 first [center_input_sample].
     """
 
     channels: tuple[int, ...] = (32, 64)
@@ -59,7 +82,7 @@ class UNetConfig:
     lowres_cond: bool = False
     text_embed_dim: int = 32
     cond_dim: int = 32
-    head_dim: int = 16
+    head_dim: int | tuple[int, ...] = 16
     pool_heads: int = 2
     time_embed_dim: int | None = None
     resnet_scale: float = 1.0
@@ -68,13 +91,28 @@ class UNetConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-5
     text_mask: bool = True
+    up_attention: tuple[Attention, ...] | None = None
+    up_head_dim: int | tuple[int, ...] | None = None
+    time_shift: Literal["scale_shift", "add"] = "scale_shift"
+    time_act: Activation | None = None
+    resnet_time_act: bool = True
+    time_post_act: Activation | None = None
+    cross_norm: Literal["group_norm", "layer_norm", "none"] = "group_norm"
+    cross_norm_groups: int | None = None
+    text_proj: bool = True
+    text_pool: bool = True
+    flip_sin_to_cos: bool = True
+    freq_shift: float = 0.0
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+    center_input: bool = False
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep the dataclass hashable and comparable
-        for name in ("channels", "layers", "attention"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.channels and self.time_embed_dim == 4 * self.channels[0]:
-            object.__setattr__(self, "time_embed_dim", None)  # one spelling of the default, so configs compare equal
+        for name in ("channels", "layers", "attention", "head_dim", "up_attention", "up_head_dim"):
+            if isinstance(value := getattr(self, name), list):
+                object.__setattr__(self, name, tuple(value))
+        _canonical(self)
         validate_unet_config(self)
 
     @property
@@ -94,12 +132,34 @@ class UNetConfig:
     def conv_in_channels(self) -> int:
         return self.in_channels * (2 if self.lowres_cond else 1)
 
+    @property
+    def head_dims(self) -> tuple[int, ...]:
+        """Head width of each encoder level (the middle block uses the last)."""
+        return _per_level(self.head_dim, self.levels)
+
+    @property
+    def up_head_dims(self) -> tuple[int, ...]:
+        """Head width of each decoder level, indexed by level like `head_dims`."""
+        return self.head_dims if self.up_head_dim is None else _per_level(self.up_head_dim, self.levels)
+
+    @property
+    def up_attentions(self) -> tuple[Attention, ...]:
+        """Attention of each decoder level, indexed by level."""
+        return self.attention if self.up_attention is None else self.up_attention
+
     def replace(self, **changes) -> "UNetConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        """JSON-ready fields; the options after ``text_mask`` only where they differ from their defaults (so that a
+        file not using them reads in versions that predate them)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in OPTIONS and value == f.default:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "UNetConfig":
@@ -116,32 +176,81 @@ def dataclass_from_dict(cls, data: dict):
     return cls(**data)
 
 
+_FIELDS = [f.name for f in dataclasses.fields(UNetConfig)]
+OPTIONS = frozenset(_FIELDS[_FIELDS.index("text_mask") + 1:])  # written only where they differ from the default
+
+
+def _per_level(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
+    return value if isinstance(value, tuple) else (value,) * n
+
+
+def _canonical(c: UNetConfig) -> None:
+    """One spelling per network, so that configs that build the same U-Net compare equal (a folder's config.json
+    and the same file's inferred config, for instance)."""
+    def put(name, value):
+        object.__setattr__(c, name, value)
+
+    if c.channels and c.time_embed_dim == 4 * c.channels[0]:
+        put("time_embed_dim", None)
+    for name in ("head_dim", "up_head_dim"):
+        value = getattr(c, name)
+        if isinstance(value, tuple) and value and len(set(value)) == 1:
+            put(name, value[0])
+    if c.up_head_dim is not None and _per_level(c.up_head_dim, len(c.channels)) == _per_level(c.head_dim,
+                                                                                               len(c.channels)):
+        put("up_head_dim", None)
+    if c.up_attention == c.attention:
+        put("up_attention", None)
+    if c.time_act == c.act and not c.resnet_time_act:  # act once on the embedding == act in every block
+        put("time_act", None)
+        put("resnet_time_act", True)
+    if c.cross_norm_groups == c.norm_groups:
+        put("cross_norm_groups", None)
+
+
 def validate_unet_config(c: UNetConfig) -> None:
     """ValueError naming the field when `c` cannot build a U-Net."""
     n = len(c.channels)
     if n < 1:
         raise ValueError("UNetConfig.channels needs at least one level")
-    if len(c.layers) != n or len(c.attention) != n:
-        raise ValueError(f"UNetConfig.layers ({len(c.layers)}) and .attention ({len(c.attention)}) need one entry per "
-                         f"level of .channels ({n})")
-    if any(a not in ATTENTIONS for a in (*c.attention, c.mid_attention)) or c.mid_attention == "none":
+    for name in ("layers", "attention", "up_attention", "head_dim", "up_head_dim"):
+        value = getattr(c, name)
+        if isinstance(value, tuple) and len(value) != n:
+            raise ValueError(f"UNetConfig.{name} ({len(value)} entries) needs one entry per level of .channels ({n})")
+    if any(a not in ATTENTIONS for a in (*c.attention, *c.up_attentions, c.mid_attention)) or \
+            c.mid_attention == "none":
         raise ValueError(f"UNetConfig.attention entries must be one of {ATTENTIONS} and mid_attention 'cross' or "
-                         f"'self_cross'; got {c.attention} / {c.mid_attention!r}")
+                         f"'self_cross'; got {c.attention} / {c.up_attention} / {c.mid_attention!r}")
     if any(k < 1 for k in c.layers):
         raise ValueError(f"UNetConfig.layers must all be >= 1, got {c.layers}")
-    if c.act not in ACTIVATIONS:
-        raise ValueError(f"UNetConfig.act {c.act!r}: expected one of {ACTIVATIONS}")
-    for ch, kind in zip((*c.channels, c.channels[-1]), (*c.attention, c.mid_attention)):
+    for name in ("act", "time_act", "time_post_act"):
+        if getattr(c, name) not in ACTIVATIONS and (name == "act" or getattr(c, name) is not None):
+            raise ValueError(f"UNetConfig.{name} {getattr(c, name)!r}: expected one of {ACTIVATIONS}")
+    if c.time_shift not in TIME_SHIFTS or c.cross_norm not in CROSS_NORMS:
+        raise ValueError(f"UNetConfig.time_shift {c.time_shift!r} / cross_norm {c.cross_norm!r}: expected one of "
+                         f"{TIME_SHIFTS} / {CROSS_NORMS}")
+    if any(h < 1 for h in (*c.head_dims, *c.up_head_dims)) or c.norm_groups < 1:
+        raise ValueError("UNetConfig.head_dim, up_head_dim and norm_groups must be positive")
+    blocks = [(ch, kind, h) for ch, kind, h in zip(c.channels, c.attention, c.head_dims)]
+    blocks += [(ch, kind, h) for ch, kind, h in zip(c.channels, c.up_attentions, c.up_head_dims)]
+    for ch, kind, h in (*blocks, (c.channels[-1], c.mid_attention, c.head_dims[-1])):
         if ch % c.norm_groups:
             raise ValueError(f"UNetConfig.channels {c.channels}: every width must be a multiple of norm_groups "
                              f"({c.norm_groups})")
-        if kind != "none" and ch % c.head_dim:
+        if kind != "none" and ch % h:
             raise ValueError(f"UNetConfig.channels {c.channels}: a level with attention needs a width that is a "
-                             f"multiple of head_dim ({c.head_dim})")
-    if c.cond_dim % c.norm_groups:
-        raise ValueError(f"UNetConfig.cond_dim {c.cond_dim} must be a multiple of norm_groups ({c.norm_groups}): the "
-                         "text is group-normed before the attention")
-    if c.text_embed_dim % c.pool_heads:
+                             f"multiple of head_dim ({h})")
+    groups = c.cross_norm_groups or c.norm_groups
+    if c.cross_norm == "group_norm" and c.cond_dim % groups:
+        raise ValueError(f"UNetConfig.cond_dim {c.cond_dim} must be a multiple of the cross-attention norm's groups "
+                         f"({groups}): the text is group-normed before the attention")
+    if not c.text_proj and c.text_embed_dim != c.cond_dim:
+        raise ValueError(f"UNetConfig.text_proj is off, so the text goes to the attention as is: text_embed_dim "
+                         f"({c.text_embed_dim}) must equal cond_dim ({c.cond_dim})")
+    if any(k < 1 or k % 2 == 0 for k in (c.conv_in_kernel, c.conv_out_kernel)):
+        raise ValueError(f"UNetConfig.conv_in_kernel / conv_out_kernel must be odd, got {c.conv_in_kernel} / "
+                         f"{c.conv_out_kernel}")
+    if c.text_pool and c.text_embed_dim % c.pool_heads:
         raise ValueError(f"UNetConfig.text_embed_dim {c.text_embed_dim} must be a multiple of pool_heads "
                          f"({c.pool_heads})")
     if c.out_channels not in (c.in_channels, 2 * c.in_channels):

@@ -14,34 +14,43 @@ from torch import nn
 from .winograd import conv3x3
 
 
+_ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "mish": nn.Mish}
+
+
 def activation(name: str) -> nn.Module:
-    return nn.GELU() if name == "gelu" else nn.SiLU()
+    return _ACTIVATIONS[name]()
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, *, flip_sin_to_cos: bool = True,
+                       freq_shift: float = 0.0) -> torch.Tensor:
     """Sinusoidal embedding [B, dim] of (fractional) timesteps [B], cosines first.
 
     Transformer positions (Vaswani et al. 2017) as DDPM uses them: frequencies ``max_period ** (-k / (dim/2))``,
     k = 0..dim/2-1, laid out ``[cos(t f_k), sin(t f_k)]`` (diffusers' ``flip_sin_to_cos=True, freq_shift=0``, IF's).
-    Computed in float32 whatever the model's dtype.
+    diffusers' other layouts: ``flip_sin_to_cos=False`` puts the sines first; ``freq_shift`` s divides the exponent
+    by ``dim/2 - s`` instead. Computed in float32 whatever the model's dtype.
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
+                      / (half - freq_shift))
     args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    pair = (torch.cos(args), torch.sin(args))
+    return torch.cat(pair if flip_sin_to_cos else pair[::-1], dim=-1)
 
 
 class TimestepMLP(nn.Module):
-    """Linear -> act -> Linear on a sinusoidal embedding (diffusers ``TimestepEmbedding``)."""
+    """Linear -> act -> Linear (-> post_act) on a sinusoidal embedding (diffusers ``TimestepEmbedding``)."""
 
-    def __init__(self, in_dim: int, dim: int, act: str):
+    def __init__(self, in_dim: int, dim: int, act: str, post_act: str | None = None):
         super().__init__()
         self.linear_1 = nn.Linear(in_dim, dim)
         self.act = activation(act)
         self.linear_2 = nn.Linear(dim, dim)
+        self.post_act = activation(post_act) if post_act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(x)))
+        x = self.linear_2(self.act(self.linear_1(x)))
+        return x if self.post_act is None else self.post_act(x)
 
 
 class AttentionPooling(nn.Module):
@@ -95,14 +104,16 @@ class ResBlock(nn.Module):
     h = conv1(resample(act(norm1(x)))); h = act(norm2(h) * (1 + scale) + shift); h = conv2(h);
     out = (resample(shortcut(x)) + h) / out_scale. ``temb_act`` is the activated time embedding (the model applies
     the activation once; IF-I applies it in every block, IF-II once, which is the same function).
+    ``time_shift="add"`` is the DDPM form instead: h = act(norm2(h + proj(temb))) (diffusers' "default").
     """
 
     def __init__(self, c_in: int, c_out: int, temb_dim: int, *, act: str, groups: int, eps: float,
-                 out_scale: float = 1.0, resample: str = "none"):
+                 out_scale: float = 1.0, resample: str = "none", time_shift: str = "scale_shift"):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, c_in, eps=eps)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_dim, 2 * c_out)
+        self.scale_shift = time_shift == "scale_shift"
+        self.time_emb_proj = nn.Linear(temb_dim, 2 * c_out if self.scale_shift else c_out)
         self.norm2 = nn.GroupNorm(groups, c_out, eps=eps)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.nonlinearity = activation(act)
@@ -121,8 +132,11 @@ class ResBlock(nn.Module):
         h = self._resample(self.nonlinearity(self.norm1(x)))
         x = self._resample(x)
         h = conv3x3(self.conv1, h)
-        scale, shift = self.time_emb_proj(temb_act)[:, :, None, None].chunk(2, dim=1)
-        h = self.nonlinearity(torch.addcmul(shift, self.norm2(h), 1 + scale))
+        if self.scale_shift:
+            scale, shift = self.time_emb_proj(temb_act)[:, :, None, None].chunk(2, dim=1)
+            h = self.nonlinearity(torch.addcmul(shift, self.norm2(h), 1 + scale))
+        else:
+            h = self.nonlinearity(self.norm2(h + self.time_emb_proj(temb_act)[:, :, None, None]))
         h = conv3x3(self.conv2, h)
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
@@ -135,14 +149,18 @@ class AddedKVAttention(nn.Module):
 
     Queries come from the group-normed image; keys/values from the group-normed text (``add_k_proj``/``add_v_proj``)
     and, unless ``cross_only``, also from the image (``to_k``/``to_v``), text keys first, in one softmax. The text
-    mask (True = keep) masks text keys only; image keys are always attended.
+    mask (True = keep) masks text keys only; image keys are always attended. Both norms have eps 1e-5 whatever the
+    U-Net's norm_eps (diffusers' ``Attention`` is built without it). ``cross_norm``: "group_norm" (IF's, in
+    ``cross_groups`` groups, default ``groups``), "layer_norm" or "none" for the text.
     """
 
-    def __init__(self, channels: int, cond_dim: int, head_dim: int, *, groups: int, cross_only: bool):
+    def __init__(self, channels: int, cond_dim: int, head_dim: int, *, groups: int, cross_only: bool,
+                 cross_norm: str = "group_norm", cross_groups: int | None = None):
         super().__init__()
         self.heads = channels // head_dim
         self.group_norm = nn.GroupNorm(groups, channels, eps=1e-5)
-        self.norm_cross = nn.GroupNorm(groups, cond_dim, eps=1e-5)
+        self.norm_cross = (nn.GroupNorm(cross_groups or groups, cond_dim, eps=1e-5) if cross_norm == "group_norm"
+                           else nn.LayerNorm(cond_dim) if cross_norm == "layer_norm" else None)
         self.to_q = nn.Linear(channels, channels)
         self.to_k = None if cross_only else nn.Linear(channels, channels)
         self.to_v = None if cross_only else nn.Linear(channels, channels)
@@ -159,7 +177,10 @@ class AddedKVAttention(nn.Module):
         b, c, hgt, wid = x.shape
         n, h = hgt * wid, self.heads
         tokens = self.group_norm(x).permute(0, 2, 3, 1).reshape(b * n, c)
-        text = self.norm_cross(text.transpose(1, 2)).transpose(1, 2)
+        if isinstance(self.norm_cross, nn.GroupNorm):
+            text = self.norm_cross(text.transpose(1, 2)).transpose(1, 2)
+        elif self.norm_cross is not None:
+            text = self.norm_cross(text)
         text = text.reshape(-1, text.shape[-1])
         q = self.to_q(tokens).view(b, n, h, c // h).transpose(1, 2)
         k, v = self.add_k_proj(text).view(b, -1, c), self.add_v_proj(text).view(b, -1, c)

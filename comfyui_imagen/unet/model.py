@@ -21,7 +21,7 @@ class DownLevel(nn.Module):
         super().__init__()
         ch, kw = c.channels[i], _res_kwargs(c, c.resnet_scale)
         self.resnets = nn.ModuleList(ResBlock(c_in if j == 0 else ch, ch, c.temb_dim, **kw) for j in range(c.layers[i]))
-        self.attentions = _attentions(c, c.attention[i], ch, c.layers[i])
+        self.attentions = _attentions(c, c.attention[i], ch, c.layers[i], c.head_dims[i])
         self.downsamplers = (nn.ModuleList([ResBlock(ch, ch, c.temb_dim, resample="down", **kw)])
                              if i < c.levels - 1 else None)
 
@@ -52,7 +52,7 @@ class UpLevel(nn.Module):
         self.resnets = nn.ModuleList(
             ResBlock((prev if j == 0 else ch) + (skip_last if j == n - 1 else ch), ch, c.temb_dim, **kw)
             for j in range(n))
-        self.attentions = _attentions(c, c.attention[level], ch, n)
+        self.attentions = _attentions(c, c.up_attentions[level], ch, n, c.up_head_dims[level])
         self.upsamplers = nn.ModuleList([ResBlock(ch, ch, c.temb_dim, resample="up", **kw)]) if level > 0 else None
 
     def forward(self, x, temb, text, bias, skips: list) -> torch.Tensor:
@@ -72,7 +72,7 @@ class MidBlock(nn.Module):
         super().__init__()
         ch, kw = c.channels[-1], _res_kwargs(c, c.mid_scale)
         self.resnets = nn.ModuleList(ResBlock(ch, ch, c.temb_dim, **kw) for _ in range(2))
-        self.attentions = _attentions(c, c.mid_attention, ch, 1)
+        self.attentions = _attentions(c, c.mid_attention, ch, 1, c.head_dims[-1])
 
     def forward(self, x, temb, text, bias) -> torch.Tensor:
         x = self.resnets[0](x, temb)
@@ -81,14 +81,15 @@ class MidBlock(nn.Module):
 
 
 def _res_kwargs(c: UNetConfig, scale: float) -> dict:
-    return dict(act=c.act, groups=c.norm_groups, eps=c.norm_eps, out_scale=scale)
+    return dict(act=c.act, groups=c.norm_groups, eps=c.norm_eps, out_scale=scale, time_shift=c.time_shift)
 
 
-def _attentions(c: UNetConfig, kind: str, ch: int, n: int) -> nn.ModuleList | None:
+def _attentions(c: UNetConfig, kind: str, ch: int, n: int, head_dim: int) -> nn.ModuleList | None:
     if kind == "none":
         return None
-    return nn.ModuleList(AddedKVAttention(ch, c.cond_dim, c.head_dim, groups=c.norm_groups,
-                                          cross_only=kind == "cross") for _ in range(n))
+    return nn.ModuleList(AddedKVAttention(ch, c.cond_dim, head_dim, groups=c.norm_groups, cross_only=kind == "cross",
+                                          cross_norm=c.cross_norm, cross_groups=c.cross_norm_groups)
+                         for _ in range(n))
 
 
 class ImagenUNet(nn.Module):
@@ -97,19 +98,22 @@ class ImagenUNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         c = self.config = config
-        self.conv_in = nn.Conv2d(c.conv_in_channels, c.channels[0], 3, padding=1)
-        self.time_embedding = TimestepMLP(c.channels[0], c.temb_dim, c.act)
+        self.conv_in = nn.Conv2d(c.conv_in_channels, c.channels[0], c.conv_in_kernel, padding=c.conv_in_kernel // 2)
+        self.time_embedding = TimestepMLP(c.channels[0], c.temb_dim, c.act, c.time_post_act)
         self.class_embedding = TimestepMLP(c.channels[0], c.temb_dim, c.act) if c.lowres_cond else None
-        self.encoder_hid_proj = nn.Linear(c.text_embed_dim, c.cond_dim)
-        self.add_embedding = TextTimeEmbedding(c.text_embed_dim, c.temb_dim, c.pool_heads)
-        self.time_embed_act = activation(c.act)
+        self.encoder_hid_proj = nn.Linear(c.text_embed_dim, c.cond_dim) if c.text_proj else None
+        self.add_embedding = TextTimeEmbedding(c.text_embed_dim, c.temb_dim, c.pool_heads) if c.text_pool else None
+        # what every residual block sees: time_act once (diffusers' time_embed_act), then act (unless the blocks
+        # skip it); both are one function of the summed embedding, computed once here
+        acts = [activation(c.time_act)] if c.time_act else []
+        self.time_embed_act = nn.Sequential(*acts, *([activation(c.act)] if c.resnet_time_act else []))
         self.down_blocks = nn.ModuleList(
             DownLevel(c, i, c.channels[max(i - 1, 0)]) for i in range(c.levels))
         self.mid_block = MidBlock(c)
         self.up_blocks = nn.ModuleList(UpLevel(c, i) for i in range(c.levels))
         self.conv_norm_out = nn.GroupNorm(c.norm_groups, c.channels[0], eps=c.norm_eps)
         self.conv_act = activation(c.act)
-        self.conv_out = nn.Conv2d(c.channels[0], c.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c.channels[0], c.out_channels, c.conv_out_kernel, padding=c.conv_out_kernel // 2)
         # Channels-last activations and conv weights: oneDNN / cuDNN convolve them without layout reorders, and the
         # attention reads a channels-last feature map as [tokens, channels] rows in place. Loaded weights (assigned
         # from a file) are converted once by the hook below.
@@ -135,6 +139,8 @@ class ImagenUNet(nn.Module):
         x = x.to(dtype)
         if c.lowres_cond:
             x = torch.cat([x, lowres_image.to(dtype)], dim=1)
+        if c.center_input:
+            x = 2 * x - 1.0
         x = x.contiguous(memory_format=torch.channels_last)
         if text_embeds is None:
             text_embeds = x.new_zeros(b, 1, c.text_embed_dim)
@@ -142,12 +148,15 @@ class ImagenUNet(nn.Module):
         text_embeds = text_embeds.to(dtype)
         mask = text_mask if (c.text_mask and text_mask is not None) else None
 
-        temb = self.time_embedding(timestep_embedding(_batch(timesteps, b, x.device), c.channels[0]).to(dtype))
+        sinusoid = dict(dim=c.channels[0], flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift)
+        temb = self.time_embedding(timestep_embedding(_batch(timesteps, b, x.device), **sinusoid).to(dtype))
         if self.class_embedding is not None:
             level = _batch(noise_level if noise_level is not None else 0, b, x.device)
-            temb = temb + self.class_embedding(timestep_embedding(level, c.channels[0]).to(dtype))
-        temb = self.time_embed_act(temb + self.add_embedding(text_embeds))
-        text = self.encoder_hid_proj(text_embeds)
+            temb = temb + self.class_embedding(timestep_embedding(level, **sinusoid).to(dtype))
+        if self.add_embedding is not None:
+            temb = temb + self.add_embedding(text_embeds)
+        temb = self.time_embed_act(temb)
+        text = text_embeds if self.encoder_hid_proj is None else self.encoder_hid_proj(text_embeds)
         bias = None
         if mask is not None:
             bias = torch.zeros(mask.shape, dtype=dtype, device=x.device).masked_fill(~mask.bool(), -10000.0)
