@@ -15,8 +15,10 @@ hold the same weights. Each loader runs in a fresh process right after its file 
     encode = the second encode of N prompts (the first also pages the weights in), also as ratios to ours-fp8 and
              to transformers-bf16
 
-Needs the test requirements (gguf, for the writer and the numpy dequantizers). Peak RSS is reset through
-/proc/self/clear_refs (Linux).
+Every process runs ``--threads`` intra-op threads (default 1: on the 2 shared vCPUs this was measured on, with other
+jobs running, 2-thread timings swung 10x from run to run, each parallel region waiting on a descheduled thread;
+one thread per process gives per-core figures that repeat). Needs the test requirements (gguf, for the writer and
+the numpy dequantizers). Peak RSS is reset through /proc/self/clear_refs (Linux).
 """
 from __future__ import annotations
 
@@ -186,8 +188,9 @@ def write_same_weights(q8_path: Path, config, folder: Path) -> dict[str, Path]:
 
 
 # -- one measurement per child process ---------------------------------------------------------------------------------
-def child(kind: str, path: str, n_prompts: int, max_length: int) -> dict:
+def child(kind: str, path: str, n_prompts: int, max_length: int, threads: int) -> dict:
     import torch
+    torch.set_num_threads(threads)
     import transformers  # noqa: F401  (imported before the baseline, for every loader)
     from comfyui_imagen.text import load_t5, load_tokenizer, pad_and_truncate
     from comfyui_imagen.text.model import CastLinear
@@ -231,7 +234,7 @@ def child(kind: str, path: str, n_prompts: int, max_length: int) -> dict:
 
 def run_child(kind: str, path: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, str(path), "--prompts", str(args.prompts),
-           "--max-length", str(args.max_length)]
+           "--max-length", str(args.max_length), "--threads", str(args.threads)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} child failed:\n{out.stderr[-3000:]}")
@@ -272,12 +275,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=77)
     parser.add_argument("--scratch", default=None, help="folder for the synthesized files (default: the temp dir)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of every process")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.prompts, args.max_length)))
+        print(json.dumps(child(args.child[0], args.child[1], args.prompts, args.max_length, args.threads)))
         return
     import torch
+    torch.set_num_threads(args.threads)
     from comfyui_imagen.text import PRESETS
     config = PRESETS[args.preset]
     print(f"{args.preset}: {cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads")

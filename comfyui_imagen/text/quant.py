@@ -12,8 +12,8 @@ ggml-quants.c), with QK_K = 256 values per K-quant super-block:
 
 where Q4_K/Q5_K pack eight 6-bit (sc, m) pairs in 12 bytes ("get_scale_min_k4"). These four types are what
 ComfyUI-GGUF's T5 files use (Q8_0; Q4_K_S/M, Q5_K_S/M, Q6_K mix Q4_K, Q5_K and Q6_K). Every other GGML type is
-dequantized by the ``gguf`` package (numpy, one thread; measured 3-10x slower than these on a T5-XXL layer, see
-README), an optional dependency: ``pip install "comfyui-imagen[gguf]"``.
+dequantized by the ``gguf`` package (numpy, one thread; 2.8-3.9x slower per core than these, measured on a T5-XXL FFN
+weight: benchmarks/t5_gguf.py), an optional dependency: ``pip install "comfyui-imagen[gguf]"``.
 """
 from __future__ import annotations
 
