@@ -8,10 +8,17 @@ stage's (`Stage.sigmas`); SDEdit is `sdedit_start` (a tail of the grid, the imag
 ``stage.recommended`` (the stage file's, IF's published ones for IF, the library's defaults otherwise).
 
 Every function takes a `Stage`, a `Conditioning` and returns images [B, 3, H, W] in -1..1 on the model's device.
-Item k of a batch uses seed + k for its starting noise, its noise augmentation and every stochastic step (in that
-order; inpainting draws the augmentation before the start, as it always did), so it equals a batch of one with
-seed + k up to the network's own rounding, which differs slightly per batch size. ``callback(info)`` gets the samplers' dict (``step``, ``total``, ``x``, ``x0``...) after each step;
-``cancel()`` is checked before each step (return True, or raise, to stop).
+Item k of a batch uses (seed + k) mod 2^64 for its starting noise, its noise augmentation and every stochastic step
+(in that order; inpainting draws the augmentation before the start, as it always did), so it equals a batch of one
+with that seed up to the network's own rounding, which differs slightly per batch size: on the demo stages at most
+7e-5 with one thread, 1.7e-4 with two (an 8-bit pixel is 7.8e-3 on this scale, so a saved pixel differs by at most
+1/255, where a value sits on a rounding boundary); an untrained random network can amplify it to ~1e-3.
+A batch larger than the free memory allows runs in chunks of items with the same guarantee (`memory.plan_chunk`;
+``free_memory`` replaces the free-memory query, e.g. with ComfyUI's); a size where one image cannot fit is a
+`memory.MemoryLimitError` before anything runs. Inputs are checked first (`validation`: NaN / Inf, value ranges,
+sizes, roles, T5 widths), and a NaN or Inf result is an error, never an image. ``callback(info)`` gets the samplers'
+dict (``step``, ``total``, ``x``, ``x0``...) after each step; ``cancel()`` is checked before each step (return True,
+or raise, to stop).
 """
 from __future__ import annotations
 
@@ -20,11 +27,12 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
+from .checks import all_finite, check_int
 from .images import resize, upsample_lowres
+from .memory import FreeMemory, plan_chunk
 from .samplers import get_sampler, make_generators, randn_like_items, sampler_options
 from .schedules import ContinuousSchedule, DiscreteSchedule
 from .settings import IF_STAGE_I, IF_STAGE_II, Conditioning, SamplingSettings
-from .checks import check_int
 from .validation import (MAX_BATCH, MAX_RESAMPLE, check_batch, check_conditioning, check_images, check_mask,
                          check_noise_level, check_role, check_size, check_strength, size_multiple)
 
@@ -68,16 +76,60 @@ def _settings(stage: "Stage", settings: Optional[SamplingSettings]) -> SamplingS
 
 def _sample(stage: "Stage", cond: Conditioning, settings: SamplingSettings, x: torch.Tensor, sigmas: torch.Tensor,
             generators, *, extra: Optional[dict] = None, sampler: Optional[str] = None, callback: Callback = None,
-            cancel: Cancel = None, **options) -> torch.Tensor:
+            cancel: Cancel = None, chunk: Optional[int] = None, **options) -> torch.Tensor:
     """One sampler call over the stage's denoiser, without autograd. ``extra`` (the SR conditioning) is shared by
-    both guidance branches; ``options`` go to the sampler where it declares them (`sampler_options`)."""
-    args = _text_args(cond, x.shape[0], x.device)
+    both guidance branches; ``options`` go to the sampler where it declares them (`sampler_options`).
+
+    ``chunk`` (from `_memory_plan`: the batch does not fit the free memory at once) runs the batch in chunks of
+    items, each with its own items' generators, conditioning and options: the same images as one call up to the
+    network's rounding; the callback then counts the steps of all chunks. NaN or Inf in the result is an error,
+    never an image."""
+    batch = x.shape[0]
+    args = _text_args(cond, batch, x.device)
     args["cond"].update(extra or {})
     name = sampler or settings.sampler
-    with torch.no_grad():
-        return get_sampler(name)(stage.denoiser(settings), x, sigmas.to(x.device), extra_args=args,
-                                 callback=callback, generator=generators, cancel=cancel,
-                                 **sampler_options(name, eta=settings.eta, **options))
+    chunk = chunk or batch
+    denoiser, sigmas = stage.denoiser(settings), sigmas.to(x.device)
+    options = sampler_options(name, eta=settings.eta, **options)
+    outs = []
+    for start in range(0, batch, chunk):
+        part = slice(start, start + chunk)
+        report = _chunk_callback(callback, start // chunk, -(-batch // chunk), sigmas.numel() - 1)
+        with torch.no_grad():
+            outs.append(get_sampler(name)(denoiser, x[part], sigmas, extra_args=_items(args, part, batch),
+                                          callback=report, generator=generators[part], cancel=cancel,
+                                          **_items(options, part, batch)))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    if not all_finite(out):
+        raise ValueError(f"sampling produced NaN or Inf values ({name}, {settings.spacing}): the stage's weights or "
+                         f"the text embeddings overflowed in {next(stage.unet.parameters()).dtype}; load the stage "
+                         f"in fp32 or bf16 (Imagen Model Loader's dtype), or try another sampler or schedule")
+    return out
+
+
+def _memory_plan(stage: "Stage", settings: SamplingSettings, batch: int, height: int, width: int,
+                 free_memory: Optional[FreeMemory]) -> int:
+    """Images per sampler call that fit the free memory (`memory.plan_chunk`), asked before anything is allocated."""
+    role = "super-resolution" if stage.config.role == "sr" else "base"
+    return plan_chunk(stage, batch, height, width, guided=settings.cfg != 1.0, free_memory=free_memory,
+                      what=f"sampling with this {role} stage")
+
+
+def _items(value, part: slice, batch: int):
+    """``value`` (a dict of per-item tensors, nested dicts, or anything else) with its batch-``batch`` tensors cut to
+    the items ``part``."""
+    if isinstance(value, dict):
+        return {k: _items(v, part, batch) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch:
+        return value[part]
+    return value
+
+
+def _chunk_callback(callback: Callback, index: int, chunks: int, steps: int) -> Callback:
+    """The sampler callback of chunk ``index`` of ``chunks``: steps counted over all chunks."""
+    if callback is None or chunks == 1:
+        return callback
+    return lambda info: callback({**info, "step": index * steps + info["step"], "total": chunks * steps})
 
 
 def sigma_grid(stage: "Stage", settings: SamplingSettings) -> torch.Tensor:
@@ -165,7 +217,7 @@ def output_size(stage: "Stage", width: Optional[int], height: Optional[int]) -> 
     config = stage.config
     width = config.resolution if width is None else width
     height = config.resolution if height is None else height
-    check_size(stage, width, height, "the super-resolution output")
+    width, height = check_size(stage, width, height, "the super-resolution output")
     step = config.resolution // math.gcd(config.resolution, config.lowres_resolution)
     for side in (width, height):
         if side % step:
@@ -177,25 +229,27 @@ def output_size(stage: "Stage", width: Optional[int], height: Optional[int]) -> 
 # ------------------------------------------------------------------------------------------------ public runs
 def generate(stage: "Stage", cond: Conditioning, *, width: Optional[int] = None, height: Optional[int] = None,
              batch_size: int = 1, settings: Optional[SamplingSettings] = None, callback: Callback = None,
-             cancel: Cancel = None) -> torch.Tensor:
+             cancel: Cancel = None, free_memory: Optional[FreeMemory] = None) -> torch.Tensor:
     """Text-to-image with a base stage: [batch_size, 3, height, width] in -1..1 (default size: the stage's)."""
     check_role(stage, "base", "generate()")
     settings = _settings(stage, settings)
     width = stage.config.resolution if width is None else width
     height = stage.config.resolution if height is None else height
-    check_size(stage, width, height, "the requested size")
+    width, height = check_size(stage, width, height, "the requested size")
     batch = check_batch(batch_size)
     check_conditioning(stage, cond)
+    chunk = _memory_plan(stage, settings, batch, height, width, free_memory)
     generators = make_generators(settings.seed, batch)
     sigmas = stage.sigmas(settings)
     x = randn_like_items((batch, 3, height, width), generators, device=stage.device) * sigmas[0]
-    return _sample(stage, cond, settings, x, sigmas, generators, callback=callback, cancel=cancel)
+    return _sample(stage, cond, settings, x, sigmas, generators, callback=callback, cancel=cancel, chunk=chunk)
 
 
 def super_resolve(stage: "Stage", cond: Conditioning, lowres_image: torch.Tensor, *,
                   noise_level: Optional[int] = None, settings: Optional[SamplingSettings] = None,
                   width: Optional[int] = None, height: Optional[int] = None, strength: Optional[float] = None,
-                  callback: Callback = None, cancel: Cancel = None) -> torch.Tensor:
+                  callback: Callback = None, cancel: Cancel = None,
+                  free_memory: Optional[FreeMemory] = None) -> torch.Tensor:
     """Super-resolution with an SR stage: any-size images [B, 3, h, w] -> [B, 3, height, width] (default: the
     stage's resolution). The input is resized to the stage's input size (width * lowres_resolution / resolution,
     so a fully convolutional stage may run at other sizes), upsampled and noise-augmented (`augment_lowres`).
@@ -212,57 +266,65 @@ def super_resolve(stage: "Stage", cond: Conditioning, lowres_image: torch.Tensor
     width, height = output_size(stage, width, height)
     batch = check_batch(lowres_image.shape[0])
     check_conditioning(stage, cond)
+    chunk = _memory_plan(stage, settings, batch, height, width, free_memory)
     generators = make_generators(settings.seed, batch)
     noise = randn_like_items((batch, 3, height, width), generators, device=stage.device)
     upsampled = resize(lowres_image.float(), height, width, mode="bicubic").clamp(-1, 1).to(stage.device)
     extra = _sr_conditioning(stage, lowres_image, upsampled, noise_level, generators)
     x, sigmas = sdedit_start(upsampled if strength < 1 else torch.zeros_like(noise), noise, stage.sigmas(settings),
                              strength)
-    return _sample(stage, cond, settings, x, sigmas, generators, extra=extra, callback=callback, cancel=cancel)
+    return _sample(stage, cond, settings, x, sigmas, generators, extra=extra, callback=callback, cancel=cancel,
+                   chunk=chunk)
 
 
-def _edit_inputs(stage: "Stage", cond: Conditioning, image: torch.Tensor, settings: Optional[SamplingSettings]):
-    """Checks shared by image-to-image and inpainting; (settings, image on the device, per-item generators)."""
+def _edit_inputs(stage: "Stage", cond: Conditioning, image: torch.Tensor, settings: Optional[SamplingSettings],
+                 free_memory: Optional[FreeMemory]):
+    """Checks shared by image-to-image and inpainting; (settings, image on the device, per-item generators, images
+    per sampler call)."""
     image = check_images(image, "the input image")
     batch, _, height, width = image.shape
     check_batch(batch)
     check_size(stage, width, height, "the input image")
     settings = _settings(stage, settings)
     check_conditioning(stage, cond)
-    return settings, image.to(stage.device).float(), make_generators(settings.seed, batch)
+    chunk = _memory_plan(stage, settings, batch, height, width, free_memory)
+    return settings, image.to(stage.device).float(), make_generators(settings.seed, batch), chunk
 
 
 def image_to_image(stage: "Stage", cond: Conditioning, image: torch.Tensor, *, strength: float,
                    settings: Optional[SamplingSettings] = None, lowres_image: Optional[torch.Tensor] = None,
                    noise_level: Optional[int] = None, callback: Callback = None,
-                   cancel: Cancel = None) -> torch.Tensor:
+                   cancel: Cancel = None, free_memory: Optional[FreeMemory] = None) -> torch.Tensor:
     """SDEdit (`sdedit_start`): noise the image to the sigma at ``strength`` of the grid and denoise from there.
 
     Works with base stages and SR stages (which also take ``lowres_image``, default the image itself downsampled,
     noise-augmented at ``noise_level``). Output size = image size.
     """
     strength = check_strength(strength, "ignore the input image, small = keep it")
-    settings, image, generators = _edit_inputs(stage, cond, image, settings)
+    settings, image, generators, chunk = _edit_inputs(stage, cond, image, settings, free_memory)
     noise = randn_like_items(image.shape, generators, device=stage.device)
     extra = _edit_extra(stage, image, lowres_image, noise_level, generators)
     x, sigmas = sdedit_start(image, noise, stage.sigmas(settings), strength)
-    return _sample(stage, cond, settings, x, sigmas, generators, extra=extra, callback=callback, cancel=cancel)
+    return _sample(stage, cond, settings, x, sigmas, generators, extra=extra, callback=callback, cancel=cancel,
+                   chunk=chunk)
 
 
 def inpaint(stage: "Stage", cond: Conditioning, image: torch.Tensor, mask: torch.Tensor, *,
             settings: Optional[SamplingSettings] = None, resample: int = 4,
             lowres_image: Optional[torch.Tensor] = None, noise_level: Optional[int] = None,
-            callback: Callback = None, cancel: Cancel = None) -> torch.Tensor:
+            callback: Callback = None, cancel: Cancel = None,
+            free_memory: Optional[FreeMemory] = None) -> torch.Tensor:
     """Regenerate the masked pixels (mask 1) of ``image`` [B, 3, H, W] in -1..1 and keep the rest exactly, with
     RePaint (`samplers.sample_repaint`, ``resample`` passes per step; 1 = replacement only) over the settings' grid,
     guidance, thresholding and seeds; ``settings.sampler`` is not used (RePaint's step is ancestral, ``settings.eta``
     default 1). SR stages also take ``lowres_image`` (default: the image downsampled). Costs steps * resample
     network evaluations. Returns [B, 3, H, W] in -1..1."""
     resample = check_int(resample, "resample", 1, MAX_RESAMPLE, " (RePaint's r)")
-    settings, image, generators = _edit_inputs(stage, cond, image, settings)
+    settings, image, generators, chunk = _edit_inputs(stage, cond, image, settings, free_memory)
     mask = check_mask(mask, image).to(stage.device)
     extra = _edit_extra(stage, image, lowres_image, noise_level, generators)  # RePaint draws its augmentation first
     noise = randn_like_items(image.shape, generators, device=stage.device)
     sigmas = stage.sigmas(settings)
     return _sample(stage, cond, settings, image + noise * sigmas[0], sigmas, generators, extra=extra,
-                   sampler="repaint", callback=callback, cancel=cancel, known=image, mask=mask, resample=resample)
+                   sampler="repaint", callback=callback, cancel=cancel, chunk=chunk, known=image, mask=mask,
+                   resample=resample)

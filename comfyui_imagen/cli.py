@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .checks import check_int, check_text
 from .samplers import SAMPLERS
 from .settings import DEFAULT_BASE, DEFAULT_SR
 
@@ -151,9 +153,84 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def check_output(path: str, flag: str = "--output", suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> Path:
+    """An output path, checked before anything runs: one of ``suffixes``, not a folder, in a folder that exists (or
+    can be made) and can be written to."""
+    out = Path(path).expanduser()
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path!r}: the name must end in one of {', '.join(suffixes)} (e.g. out{suffixes[0]})")
+    if out.is_dir():
+        raise ValueError(f"{flag} {path!r} is a folder; give a file name inside it, e.g. {out / 'out'}{suffixes[0]}")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        tempfile.TemporaryFile(dir=folder).close()  # what writing there will meet (permissions, read-only, /proc)
+    except OSError as e:
+        raise ValueError(f"{flag} {path!r}: cannot write to {folder} ({e.strerror or e}); pick another place") from None
+    return out
+
+
+def check_device(name: str) -> torch.device:
+    """A torch device this PyTorch build can run on (cpu, cuda[:N] with a visible GPU, mps on Apple silicon)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but no GPU is visible"
+            raise ValueError(f"--device {name}: this PyTorch ({torch.__version__}) is {build}; use --device cpu, or "
+                             f"install a CUDA build of PyTorch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} GPUs (cuda:0 .. "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: MPS (Apple silicon) is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_args(args) -> None:
+    """Every command-line value checked before any file is read or model loaded: ValueError naming the flag."""
+    from .settings import SamplingSettings
+    from .validation import MAX_NOISE_LEVEL, MAX_STEPS, check_batch, check_strength
+
+    check_text(args.prompt, "the prompt")
+    check_text(args.negative, "--negative")
+    check_output(args.output)
+    check_device(args.device)
+    check_batch(args.batch_size)
+    for prefix in ("", "sr_"):  # the same rules SamplingSettings applies, for the flags that were given
+        given = {k: getattr(args, prefix + k) for k in ("sampler", "steps", "cfg")}
+        SamplingSettings(**{k: v for k, v in given.items() if v is not None}, seed=args.seed,
+                         **({"spacing": args.spacing} if args.spacing else {}))
+        steps = given["steps"]
+        if steps is not None and steps > MAX_STEPS:
+            raise ValueError(f"--{prefix.replace('_', '-')}steps {steps}: at most {MAX_STEPS}")
+    if args.noise_level is not None:
+        check_int(args.noise_level, "--noise-level", 0, MAX_NOISE_LEVEL, " (IF uses 250, the demo SR 100)")
+    if args.sr_strength is not None:
+        check_strength(args.sr_strength, "SR from pure noise")
+    for flag, value in (("--t5", args.t5), ("--base", args.base), *(("--sr", p) for p in args.sr or ()),
+                        ("--tokenizer", None if (args.tokenizer or "byte").lower() in ("byte", "bytes", "byt5")
+                         else args.tokenizer)):
+        if value is not None and not Path(value).expanduser().exists():
+            raise ValueError(f"{flag} {value}: no such file or folder")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """The command line; user errors print ``error: ...`` (exit 2), never a traceback."""
     args = _parser().parse_args(argv)
     try:
+        check_args(args)
         cascade = load_cascade(args.t5, args.base, [] if args.no_sr else args.sr, args.tokenizer,
                                device=args.device)
         base = stage_settings(cascade.base, args.seed, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
@@ -165,10 +242,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             outs = text_to_image(cascade, [args.prompt] * args.batch_size, negative=args.negative,
                                  base_settings=base, sr_settings=sr, noise_level=args.noise_level,
                                  sr_strength=args.sr_strength, progress=None if args.quiet else progress_bar)
+        paths = save_images(outs[-1], Path(args.output).expanduser())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    paths = save_images(outs[-1], Path(args.output))
+    except OSError as e:  # writing the images (disk full, the folder removed meanwhile)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     size = outs[-1].shape[-1]
     print(f"wrote {', '.join(map(str, paths))} ({size}x{size}, {time.perf_counter() - start:.1f}s)", file=sys.stderr)
     return 0

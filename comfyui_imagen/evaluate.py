@@ -202,6 +202,38 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def check_args(args) -> list[tuple[str, int]]:
+    """The command line checked before a model loads (ValueError naming the flag); returns the parsed sweep."""
+    from .checks import check_int
+    from .cli import check_output
+    from .settings import SamplingSettings
+    from .validation import check_batch, check_strength
+
+    for flag in ("n_seen", "n_heldout", "sweep_prompts", "psnr_count"):
+        check_int(getattr(args, flag), "--" + flag.replace("_", "-"), 0)
+    if args.n_seen + args.n_heldout == 0:
+        raise ValueError("--n-seen and --n-heldout are both 0: nothing to judge")
+    check_batch(args.batch_size)
+    if args.threads is not None:
+        check_int(args.threads, "--threads", 1)
+    for prefix in ("", "sr_"):
+        given = {k: getattr(args, prefix + k) for k in ("sampler", "steps", "cfg")}
+        SamplingSettings(**{k: v for k, v in given.items() if v is not None}, seed=args.seed,
+                         **({"spacing": args.spacing} if args.spacing else {}))
+    if args.noise_level is not None:
+        check_int(args.noise_level, "--noise-level", 0, 999)
+    if args.sr_strength is not None:
+        check_strength(args.sr_strength, "SR from pure noise")
+    sweep = parse_sweep(args.sweep)
+    for sampler, steps in sweep:
+        SamplingSettings(sampler=sampler, steps=steps)
+    if args.grid:
+        check_output(args.grid, "--grid", (".png",))
+    if args.json:
+        check_output(args.json, "--json", (".json",))
+    return sweep
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m comfyui_imagen.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--n-seen", type=int, default=32, help="seen prompts per group (one and two objects)")
@@ -230,9 +262,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                 "prompt the ground truth, then each stage, a green or red bar under each")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
+        sweep = check_args(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         cascade = load_cascade(args.t5, args.base, [] if args.no_sr else ([args.sr] if args.sr else None))
         base = stage_settings(cascade.base, args.seed, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
                               spacing=args.spacing)
@@ -245,7 +278,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         with torch.inference_mode():
             result = evaluate(cascade, n_seen=args.n_seen, n_heldout=args.n_heldout, seed=args.seed,
                               base_settings=base, sr_settings=sr, noise_level=args.noise_level,
-                              sr_strength=args.sr_strength, sweep=parse_sweep(args.sweep),
+                              sr_strength=args.sr_strength, sweep=sweep,
                               sweep_prompts=args.sweep_prompts,
                               psnr_count=args.psnr_count, batch_size=args.batch_size, grid=args.grid,
                               log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -11,14 +11,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .validation import check_values
+
 __all__ = ["from_comfy_image", "to_comfy_image", "from_comfy_mask", "resize", "to_pil"]
 
 
-def from_comfy_image(image: torch.Tensor) -> torch.Tensor:
+def from_comfy_image(image: torch.Tensor, what: str = "the IMAGE") -> torch.Tensor:
     """ComfyUI ``IMAGE`` [B, H, W, C] in 0..1 -> library [B, 3, H, W] in -1..1.
 
     A single image [H, W, C] gains a batch axis; an alpha channel is dropped (ComfyUI carries transparency as a
-    separate MASK); a grey image (C = 1) is repeated to RGB.
+    separate MASK); a grey image (C = 1) is repeated to RGB. Off the socket's contract is an error naming ``what``:
+    an integer (uint8) tensor, NaN / Inf, or values far outside 0..1 (0..255, -1..1); slight overshoot (bicubic
+    resizing, up to `validation.RANGE_SLACK`) is clamped.
     """
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"expected an IMAGE tensor [B, H, W, C], got {type(image).__name__}")
@@ -29,7 +33,11 @@ def from_comfy_image(image: torch.Tensor) -> torch.Tensor:
             f"expected an IMAGE tensor [B, H, W, C] with C = 1, 3 or 4, got shape {tuple(image.shape)}; "
             "connect the IMAGE output of a ComfyUI node (e.g. LoadImage) to this input"
         )
-    image = image[..., :3]
+    if not image.is_floating_point():
+        raise ValueError(f"{what} is a {image.dtype} tensor, but ComfyUI images are float 0..1; the node that made it "
+                         f"breaks the IMAGE convention (convert with image.float() / 255)")
+    image = check_values(image[..., :3], what, 0.0, 1.0, "ComfyUI images are 0..1: divide a 0..255 image by 255, map "
+                                                         "a -1..1 image with (x + 1) / 2")
     if image.shape[-1] == 1:
         image = image.expand(*image.shape[:-1], 3)
     return image.movedim(-1, 1).float() * 2.0 - 1.0
@@ -43,7 +51,8 @@ def to_comfy_image(x: torch.Tensor) -> torch.Tensor:
 
 
 def from_comfy_mask(mask: torch.Tensor) -> torch.Tensor:
-    """ComfyUI ``MASK`` [H, W] or [B, H, W] (1 = regenerate) -> library [B, 1, H, W] float in 0..1."""
+    """ComfyUI ``MASK`` [H, W] or [B, H, W] (1 = regenerate) -> library [B, 1, H, W] float (its values are checked
+    where it is used: `validation.check_mask`)."""
     if not isinstance(mask, torch.Tensor):
         raise ValueError(f"expected a MASK tensor [B, H, W], got {type(mask).__name__}")
     if mask.ndim == 2:
@@ -55,7 +64,7 @@ def from_comfy_mask(mask: torch.Tensor) -> torch.Tensor:
             f"expected a MASK tensor [H, W] or [B, H, W], got shape {tuple(mask.shape)}; "
             "connect the MASK output of LoadImage, LoadImageMask or a mask node"
         )
-    return mask.float().clamp(0.0, 1.0).unsqueeze(1)
+    return mask.float().unsqueeze(1)
 
 
 def resize(x: torch.Tensor, height: int, width: int, *, mode: str = "bicubic") -> torch.Tensor:

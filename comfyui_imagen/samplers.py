@@ -12,7 +12,8 @@
 * callback: called after every step with one dict ``{"step": i, "total": n, "x": x after the step, "x0": the
   denoised prediction of this step, "sigma": sigmas[i], "sigma_next": sigmas[i + 1]}``.
 * generator: the noise source of stochastic samplers; never the global RNG. A list of per-item generators
-  (`make_generators(seed, batch)`: item k uses seed + k, so item k of a batch equals a batch of one with seed + k) or
+  (`make_generators(seed, batch)`: item k uses (seed + k) mod 2^64, so item k of a batch draws the noise of a batch of
+  one at that seed; the images agree to the network's rounding, `comfyui_imagen.cascade`) or
   one torch.Generator for the whole batch. A stochastic sampler without one raises ValueError.
 * cancel: a callable with no arguments checked before every step; when it returns True the sampler raises
   `Cancelled` (it may also raise its own exception, e.g. ComfyUI's interrupt).
@@ -28,6 +29,14 @@ from .denoisers import sigma_batch
 
 Generators = Union[Sequence[torch.Generator], torch.Generator, None]
 
+# Seeds are 0 .. 2^64 - 1: torch.Generator.manual_seed's range and ComfyUI's seed widget (KSampler seeds
+# torch.manual_seed with the widget's value as is). Item k of a batch uses seed + k modulo 2^64, so every seed works.
+SEED_MAX = 2**64 - 1
+# Heun's correction is a trapezoid in sigma: when a step divides sigma by more than this, an error in the second
+# denoiser call is multiplied by about half that ratio (the first jump of a trailing or linspace grid on a cosine
+# schedule, 2e4 -> 16, turns it into noise), so such a step is an Euler step (measured on the demo base below).
+HEUN_MAX_RATIO = 3.0
+
 
 class Cancelled(Exception):
     """Raised by a sampler when its `cancel` callable returns True."""
@@ -38,10 +47,13 @@ class Cancelled(Exception):
 # --------------------------------------------------------------------------------------------------------------------
 
 def make_generators(seed: int, batch_size: int, device: Union[str, torch.device] = "cpu") -> list[torch.Generator]:
-    """One generator per batch item; item k is seeded with seed + k."""
+    """One generator per batch item; item k is seeded with (seed + k) mod 2^64, so any seed 0 .. 2^64 - 1 (ComfyUI's
+    seed widget) works and item k of a batch equals a batch of one at that seed."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return [torch.Generator(device=device).manual_seed(int(seed) + k) for k in range(batch_size)]
+    if not 0 <= int(seed) <= SEED_MAX:
+        raise ValueError(f"seed must be an integer from 0 to 2^64 - 1 (ComfyUI's seed range), got {seed!r}")
+    return [torch.Generator(device=device).manual_seed((int(seed) + k) & SEED_MAX) for k in range(batch_size)]
 
 
 def randn_like_items(shape: Sequence[int], generators: Generators, *, dtype: torch.dtype = torch.float32,
@@ -131,13 +143,15 @@ def sample_euler(denoiser, x, sigmas, *, extra_args=None, callback=None, generat
 
 def sample_heun(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None, cancel=None):
     """Heun's second-order method on the probability-flow ODE, Karras et al. 2022 (Algorithm 1); the last step into
-    sigma = 0 is an Euler step. Uses 2 * steps - 1 denoiser calls."""
+    sigma = 0, and any step that divides sigma by more than `HEUN_MAX_RATIO`, is an Euler step (the first step of
+    a trailing grid on a cosine schedule, sigma 2e4 -> 16, would multiply the second call's error by ~600). At most
+    2 * steps - 1 denoiser calls."""
     extra_args = extra_args or {}
     for i, s, s_next in _steps(x, sigmas, cancel):
         x0 = denoiser(x, sigma_batch(s, x), **extra_args)
         d = (x - x0) / s
         x_euler = x + d * (s_next - s)
-        if s_next == 0:
+        if s_next == 0 or s > HEUN_MAX_RATIO * s_next:
             x = x_euler
         else:
             d_next = (x_euler - denoiser(x_euler, sigma_batch(s_next, x), **extra_args)) / s_next

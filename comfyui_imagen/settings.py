@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 from .checks import check_int, is_real
 from .respacing import SPACINGS
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, SEED_MAX
 
 if TYPE_CHECKING:  # pragma: no cover
     from .text import TextEmbeds
@@ -32,8 +32,10 @@ class SamplingSettings:
     spacing ("karras", "exponential", "trailing"...) or an IF preset ("smart50", "smart100"...).
     dynamic_threshold: the percentile p of Imagen's dynamic thresholding, or None for static clipping to [-1, 1].
     threshold_max: the cap c on the threshold s (None: the stage's recommended cap, e.g. IF's 1.5 for stage I).
-    seed: item k of a batch uses seed + k. eta: the noise scale of samplers that declare it (`SAMPLER_OPTIONS`:
-    ddim, euler_ancestral, dpmpp_2m_sde, repaint); None keeps the sampler's default, other samplers ignore it.
+    seed: 0 .. 2^64 - 1 (ComfyUI's seed widget; torch's seed range); item k of a batch uses seed + k, wrapped modulo
+    2^64 (`samplers.make_generators`). steps and seed may be whole floats (10.0); they are stored as ints.
+    eta: the noise scale of samplers that declare it (`SAMPLER_OPTIONS`: ddim, euler_ancestral, dpmpp_2m_sde,
+    repaint); None keeps the sampler's default, other samplers ignore it.
     """
 
     sampler: str = "dpmpp_2m"
@@ -50,16 +52,17 @@ class SamplingSettings:
             raise ValueError(f"unknown sampler {self.sampler!r}; expected one of {sorted(SAMPLERS)}")
         if self.spacing not in SPACINGS:
             raise ValueError(f"unknown schedule {self.spacing!r}; expected one of {list(SPACINGS)}")
-        check_int(self.steps, "steps", 1)
+        object.__setattr__(self, "steps", check_int(self.steps, "steps", 1))
         if not (is_real(self.cfg) and self.cfg >= 0):
-            raise ValueError(f"cfg must be a finite number >= 0 (1 = no guidance), got {self.cfg!r}")
+            raise ValueError(f"cfg must be a finite number >= 0 (1 = no guidance, e.g. 7.0), got {self.cfg!r}"
+                             + ("; pass a number, not text" if isinstance(self.cfg, str) else ""))
         if self.dynamic_threshold is not None and not (is_real(self.dynamic_threshold)
                                                        and 0 < self.dynamic_threshold <= 1):
             raise ValueError(f"dynamic_threshold is a percentile in (0, 1] (Imagen 0.995, IF 0.95) or None for "
                              f"static clipping, got {self.dynamic_threshold!r}")
         if self.threshold_max is not None and not (is_real(self.threshold_max) and self.threshold_max >= 1):
             raise ValueError(f"threshold_max must be >= 1 (IF: 1.5 stage I, 1.0 stage II), got {self.threshold_max}")
-        check_int(self.seed, "seed", 0)
+        object.__setattr__(self, "seed", check_int(self.seed, "seed", 0, SEED_MAX, " (ComfyUI's seed range)"))
         if self.eta is not None and not (is_real(self.eta) and self.eta >= 0):
             raise ValueError(f"eta must be a number >= 0, got {self.eta!r}")
 

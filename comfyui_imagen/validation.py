@@ -2,6 +2,9 @@
 
 Each check raises ValueError with a message that names the input and the fix (STYLE: fail loudly and helpfully).
 Stage-specific checks take the `Stage` (``stage.config`` is read: role, resolution, lowres_resolution, U-Net).
+Tensors are checked for NaN / Inf (an error naming the input, never a NaN image) and for their value range: values
+up to `RANGE_SLACK` of the range beyond it (bicubic overshoot) are clamped, values further out are refused, since
+they mean another convention (0..255, or 0..1 where -1..1 is expected).
 """
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checks import check_int, is_real
+from .checks import all_finite, check_int, is_real
 
 if TYPE_CHECKING:  # pragma: no cover
     from .settings import Conditioning
@@ -23,21 +26,40 @@ MAX_RESAMPLE = 20
 MAX_STEPS = 1000
 MAX_SIDE = 4096  # the largest side a node offers: MAX_SCALE x a 1024 px stage
 MAX_NOISE_LEVEL = 999  # the top of the 0..T-1 timestep scale of a 1000-step schedule (every stage shipped or read)
+RANGE_SLACK = 0.25  # of a value range's width: how far past it an image or mask may go (and is clamped)
 
 
 def check_batch(batch_size) -> int:
     return check_int(batch_size, "batch_size", 1, MAX_BATCH)
 
 
+def check_values(tensor: torch.Tensor, what: str, low: float, high: float, fix: str) -> torch.Tensor:
+    """``tensor`` clamped to [low, high]: ValueError naming ``what`` if it holds NaN / Inf or values more than
+    `RANGE_SLACK` of the range beyond it (``fix`` says how to convert what was given)."""
+    if not tensor.is_floating_point():
+        raise ValueError(f"{what} is a {tensor.dtype} tensor; expected float values in {low:g}..{high:g} ({fix})")
+    if not all_finite(tensor):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{what} contains {bad} NaN or Inf values (of {tensor.numel()}); whatever produced it failed "
+                         f"(a model that diverged, a division by zero): fix or replace that input. Nothing was sampled")
+    lo, hi = (float(v) for v in torch.aminmax(tensor.detach()))
+    slack = RANGE_SLACK * (high - low)
+    if lo < low - slack or hi > high + slack:
+        raise ValueError(f"{what} has values from {lo:g} to {hi:g}, far outside {low:g}..{high:g}; {fix}")
+    return tensor if low <= lo and hi <= high else tensor.clamp(low, high)
+
+
 def check_images(images: torch.Tensor, what: str) -> torch.Tensor:
-    """A non-empty batch of RGB images [B, 3, H, W]."""
+    """A non-empty batch of finite RGB images [B, 3, H, W] in -1..1 (clamped there; see `check_values`)."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{what} must be a batch of RGB images [B, 3, H, W] in -1..1, got {shape}; "
                          f"convert ComfyUI images with comfyui_imagen.images.from_comfy_image")
     if images.shape[0] < 1:
         raise ValueError(f"{what} is an empty batch (batch 0); connect at least one image")
-    return images
+    return check_values(images, what, -1.0, 1.0, "the library takes images in -1..1: map 0..1 images with x * 2 - 1 "
+                                                  "and 0..255 ones with x / 127.5 - 1 (ComfyUI IMAGE: "
+                                                  "comfyui_imagen.images.from_comfy_image)")
 
 
 def check_role(stage: "Stage", want: str, what: str) -> None:
@@ -60,8 +82,9 @@ def size_multiple(stage: "Stage") -> int:
     return max(SIZE_MULTIPLE, getattr(unet, "downscale", 1))
 
 
-def check_size(stage: "Stage", width, height, what: str = "the image") -> None:
-    """Sides are multiples of `size_multiple`, at most MAX_SCALE times the stage's resolution."""
+def check_size(stage: "Stage", width, height, what: str = "the image") -> tuple[int, int]:
+    """(width, height) as ints: sides are whole numbers (64.0 is 64), multiples of `size_multiple`, at most
+    MAX_SCALE times the stage's resolution."""
     resolution = stage.config.resolution
     limit = MAX_SCALE * resolution
     step = size_multiple(stage)
@@ -75,6 +98,7 @@ def check_size(stage: "Stage", width, height, what: str = "the image") -> None:
             raise ValueError(f"{what}: {name} {value} is far beyond this {resolution} px stage's range (at most "
                              f"{limit}); sample at {resolution} and add a super-resolution stage, or resize the "
                              f"input with the ImageScale node")
+    return int(width), int(height)
 
 
 def check_strength(strength, one_means: str) -> float:
@@ -100,6 +124,11 @@ def check_conditioning(stage: "Stage", cond: "Conditioning") -> None:
     if not isinstance(cond, Conditioning):
         raise ValueError(f"expected a Conditioning(positive, negative), got {type(cond).__name__}; connect the "
                          f"output of the Imagen Text Encode node")
+    for name, embeds in (("prompt", cond.positive), ("negative prompt", cond.negative)):
+        if not all_finite(embeds.embeds):
+            raise ValueError(f"the {name} embeddings contain NaN or Inf values: the T5 that encoded them is damaged "
+                             f"(NaN/Inf weights) or overflowed in its dtype; reload it with dtype fp32 or bf16 in "
+                             f"Imagen T5 Loader, or use another copy of the T5 file")
     want = stage.config.text_embed_dim
     if cond.width != want:
         raise ValueError(f"the text embeddings are {cond.width} wide but this model was trained on {want}-wide T5 "
@@ -124,7 +153,11 @@ def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
                          f"with MaskToImage -> ImageScale -> ImageToMask)")
     if mask.shape[0] not in (1, batch):
         raise ValueError(f"the mask batch is {mask.shape[0]} for {batch} images; give one mask or one per image")
-    mask = mask.float().clamp(0, 1).expand(batch, -1, -1, -1)
+    if not mask.is_floating_point():
+        mask = mask.float()
+    mask = check_values(mask, "the mask", 0.0, 1.0, "masks are 0..1 (1 = regenerate): divide a 0..255 mask by 255, "
+                                                    "or connect a MASK from LoadImage or a mask node")
+    mask = mask.float().expand(batch, -1, -1, -1)
     if not bool((mask > 0).any()):
         raise ValueError("the mask is empty: nothing to regenerate. Paint the area to change (white = regenerate) "
                          "in LoadImage's mask editor, or connect another mask")

@@ -96,6 +96,18 @@ def intermediate_device() -> torch.device:
     return mm.intermediate_device() if mm is not None else torch.device("cpu")
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a run on ``device`` may still allocate (the library's memory ceiling, `comfyui_imagen.memory`): ComfyUI's
+    own query (``model_management.get_free_memory``: free device memory plus PyTorch's unused cache) inside ComfyUI,
+    the library's (`memory.free_bytes`: MemAvailable on the CPU, ``torch.cuda.mem_get_info`` on CUDA) outside it."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None and hasattr(mm, "get_free_memory"):
+        return int(mm.get_free_memory(torch.device(device)))
+    from comfyui_imagen.memory import free_bytes
+
+    return free_bytes(device)
+
+
 class ImagenWeights(torch.nn.Module):
     """Holds the real module so that ModelPatcher can set its bookkeeping attributes (``device``...) freely."""
 

@@ -30,7 +30,7 @@ def _stage_inputs(role_hint: str) -> dict:
 def _sampling_inputs(*, steps: int, cfg: float, sampler: bool = True) -> dict:
     inputs = {
         "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
-                         "tooltip": "Noise seed; image k of a batch uses seed + k."}),
+                         "tooltip": "Noise seed; image k of a batch uses seed + k (wrapping past 2^64 - 1)."}),
         "steps": ("INT", {"default": steps, "min": 1, "max": validation.MAX_STEPS,
                           "tooltip": "Sampler steps (ignored by the DeepFloyd IF schedules smart27 ... super100, "
                                      "which fix their own)."}),
@@ -77,12 +77,18 @@ def _settings(seed, steps, cfg, schedule, dynamic_threshold, sampler="ddpm") -> 
 def _run(function, model, *args, steps: int, **kwargs):
     """Call a cascade function on the loaded stage with ComfyUI's progress bar and Cancel; pack an IMAGE."""
     stage = model.load()
-    images = function(stage, *args, callback=cc.progress_callback(steps), cancel=cc.interrupted, **kwargs)
+    images = function(stage, *args, callback=cc.progress_callback(steps), cancel=cc.interrupted,
+                      free_memory=cc.free_memory, **kwargs)
     return (to_comfy_image(images).to(cc.intermediate_device()),)
 
 
+def _image(image, name: str = "image"):
+    """An IMAGE socket's value as library images; bad values are refused naming the node's input."""
+    return from_comfy_image(image, f"the {name} input")
+
+
 def _lowres(lowres_image):
-    return None if lowres_image is None else from_comfy_image(lowres_image)
+    return None if lowres_image is None else _image(lowres_image, "lowres_image")
 
 
 # ------------------------------------------------------------------------------------------------ nodes
@@ -168,7 +174,7 @@ class ImagenSuperResolution:
     def upscale(self, model, embeds, image, noise_level, seed, steps, cfg, sampler, schedule, dynamic_threshold,
                 width, height, strength=1.0):
         settings = _settings(seed, steps, cfg, schedule, dynamic_threshold, sampler)
-        return _run(cascade.super_resolve, model, embeds, from_comfy_image(image), noise_level=noise_level,
+        return _run(cascade.super_resolve, model, embeds, _image(image), noise_level=noise_level,
                     settings=settings, width=width or None, height=height or None, strength=strength, steps=steps)
 
 
@@ -188,7 +194,7 @@ class ImagenImageToImage:
     def edit(self, model, embeds, image, strength, seed, steps, cfg, sampler, schedule, dynamic_threshold,
              noise_level, lowres_image=None):
         settings = _settings(seed, steps, cfg, schedule, dynamic_threshold, sampler)
-        return _run(cascade.image_to_image, model, embeds, from_comfy_image(image), strength=strength,
+        return _run(cascade.image_to_image, model, embeds, _image(image), strength=strength,
                     settings=settings, lowres_image=_lowres(lowres_image), noise_level=noise_level, steps=steps)
 
 
@@ -211,5 +217,5 @@ class ImagenInpaint:
     def inpaint(self, model, embeds, image, mask, resample, seed, steps, cfg, schedule, dynamic_threshold,
                 noise_level, lowres_image=None):
         settings = _settings(seed, steps, cfg, schedule, dynamic_threshold)
-        return _run(cascade.inpaint, model, embeds, from_comfy_image(image), from_comfy_mask(mask), settings=settings,
+        return _run(cascade.inpaint, model, embeds, _image(image), from_comfy_mask(mask), settings=settings,
                     resample=resample, lowres_image=_lowres(lowres_image), noise_level=noise_level, steps=steps)

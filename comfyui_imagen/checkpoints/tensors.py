@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..checks import all_finite
 from ..files import Weights, load_pickle_state_dict, open_weights
 from .errors import CheckpointError
 
@@ -25,11 +26,9 @@ def storage_dtype(weights: Weights) -> torch.dtype:
 
 
 def check_finite(key: str, tensor: torch.Tensor, source: Path) -> None:
-    """CheckpointError if a floating-point tensor holds NaN or Inf (a diverged or damaged checkpoint).
-
-    Tested on the float64 sum, which any NaN or Inf makes non-finite and finite weights cannot overflow: a reduction
-    with no tensor-sized temporaries (``isfinite(t).all()`` allocates a mask as large as the tensor)."""
-    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor.sum(dtype=torch.float64))):
+    """CheckpointError if a floating-point tensor holds NaN or Inf (a diverged or damaged checkpoint); the test is
+    `checks.all_finite` (one min/max pass, no tensor-sized temporary)."""
+    if not all_finite(tensor):
         raise CheckpointError(f"{source}: tensor {key!r} contains NaN or Inf values; the checkpoint is damaged or "
                               "comes from a diverged training run. Use another copy or an earlier checkpoint")
 

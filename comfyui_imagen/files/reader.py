@@ -20,6 +20,7 @@ import json
 import math
 import mmap
 import pickle
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -32,7 +33,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 GGUF_SUFFIXES = (".gguf",)  # llama.cpp's format (files/gguf.py); only T5 encoders are read from it
 CHUNK_BYTES = 1 << 20  # scratch for converting reads (cast, channels-last); small keeps the peak low
-MAX_HEADER_BYTES = 100_000_000
+# A safetensors header is ~150 bytes per tensor: 30 KB for T5-XXL, ~0.5 MB for the largest all-in-one checkpoints.
+# 8 MiB (~50,000 tensors) refuses a hostile or corrupt length in ~1 s; the format's own cap, 100 MB, cost 5 s and
+# 456 MB of Python objects for a 20 MB header before it was refused.
+MAX_HEADER_BYTES = 8 * 2**20
 _STATE_DICT_WRAPPERS = ("state_dict", "model", "module", "ema")  # nesting used by training frameworks
 
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -238,8 +242,11 @@ def _read_header(file: Path, size: int) -> tuple[dict, int]:
         if len(head) < 8:
             raise _damaged(file, "shorter than the 8-byte header length")
         n = int.from_bytes(head, "little")
-        if n > size - 8 or n > MAX_HEADER_BYTES:
+        if n > size - 8:
             raise _damaged(file, f"header length {n} exceeds the file size {size}")
+        if n > MAX_HEADER_BYTES:
+            raise _damaged(file, f"its header claims {n / 2**20:.1f} MiB; real ones are far smaller, and at most "
+                                 f"{MAX_HEADER_BYTES // 2**20} MiB are read")
         try:
             header = json.loads(f.read(n))
         except ValueError as e:
@@ -292,10 +299,10 @@ def load_pickle_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(str(file), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ModelFileError(f"{file} holds more than tensors (Python objects or code that torch.load(weights_only="
-                             f"True) refuses to run: {str(e).splitlines()[0]}). Convert it to .safetensors with a "
-                             "trusted tool, or use the .safetensors version of these weights") from e
+        raise _refused_pickle(file, str(e)) from e
     except Exception as e:
+        if "weights_only" in str(e):
+            raise _refused_pickle(file, str(e)) from e
         raise ModelFileError(f"{file} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}); it may be "
                              "truncated or corrupt") from e
     for _ in range(2):
@@ -307,6 +314,22 @@ def load_pickle_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not _is_state_dict(obj):
         raise ModelFileError(f"{file} does not contain a state dict of tensors (found {type(obj).__name__})")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _refused_pickle(file: Path, message: str) -> ModelFileError:
+    """What torch.load(weights_only=True) refusing a file means, without torch's advice to retry with
+    weights_only=False or to allowlist the global (either would run whatever the file holds)."""
+    code = re.search(r"GLOBAL [\w.]+", message)
+    if code is not None:
+        return ModelFileError(f"{file} refers to Python code or objects, not only tensors ({code.group(0)}); "
+                              "torch.load(weights_only=True) refused it unrun. Use the .safetensors version of these "
+                              "weights, or convert it with a tool you trust")
+    operand = re.search(r"Unsupported operand \d+", message)
+    why = operand.group(0) if operand else "not a pickle of tensors"
+    return ModelFileError(f"{file} is not a PyTorch checkpoint that can be read safely ({why}): it is truncated, "
+                          "corrupt, or not a torch.save file (e.g. a plain Python pickle); nothing in it was run "
+                          "(torch.load with weights_only=True). Download or copy it again, or use the .safetensors "
+                          "version of these weights")
 
 
 def _is_state_dict(obj: dict) -> bool:

@@ -11,6 +11,7 @@ same negative prompt for every image, costs no second T5 pass.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from ..checks import all_finite, check_text
 from ..files import raised_as
 from .cleaning import PREPROCESS_MODES, Preprocess, preprocess
 from .config import describe
@@ -77,32 +79,38 @@ def pick_compute_dtype(weight_dtype: torch.dtype, device: str | torch.device = "
 
 
 class EmbeddingCache:
-    """LRU of single-prompt encodings, key (model identity, prompt, settings) -> (embeds [L, D], mask [L])."""
+    """LRU of single-prompt encodings, key (model identity, prompt, settings) -> (embeds [L, D], mask [L]).
+
+    Safe to share between threads (ComfyUI may run nodes from several): every lookup and update holds one lock."""
 
     def __init__(self, max_entries: int = 64):
         self.max_entries = max_entries
         self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, key):
-        value = self._entries.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return value
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return value
 
     def put(self, key, value) -> None:
         if self.max_entries <= 0:
             return
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -110,13 +118,15 @@ class EmbeddingCache:
 
 def _as_prompt_list(prompts: str | Sequence[str], what: str = "prompts") -> list[str]:
     if isinstance(prompts, str):
-        return [prompts]
+        prompts = [prompts]
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise TextEncoderError(f"{what} must be a string or a non-empty list of strings, got {prompts!r}; "
                                'use "" for the unconditional (empty) prompt')
     bad = [p for p in prompts if not isinstance(p, str)]
     if bad:
         raise TextEncoderError(f"{what} must all be strings; got {type(bad[0]).__name__} {bad[0]!r}")
+    for i, prompt in enumerate(prompts):
+        check_text(prompt, f"{what[:-1]} {i + 1}" if len(prompts) > 1 else what.rstrip("s"), TextEncoderError)
     return list(prompts)
 
 
@@ -195,6 +205,10 @@ class T5TextEncoder:
                 ids = batch.ids[start:start + self.batch_size].to(self.device)
                 mask = batch.mask[start:start + self.batch_size].to(self.device)
                 hidden = self.model(ids, mask).float()
+                if not all_finite(hidden):
+                    raise TextEncoderError(f"T5 produced NaN or Inf embeddings: its weights are damaged or "
+                                           f"overflowed in {self.compute_dtype}; load it with dtype fp32 or bf16, or "
+                                           f"use another copy of the file")
                 rows.extend(zip(hidden.unbind(0), mask.unbind(0)))
         return rows
 
@@ -291,6 +305,11 @@ def load_t5(path: str | Path, dtype: torch.dtype | None = None, tokenizer=None, 
     with raised_as(TextEncoderError):
         weights, hf_config = open_source(path)
         config, state, weight_dtype = read_encoder(weights, hf_config, dtype=dtype)
+        damaged = next((key for key, value in state.items() if not all_finite(value)), None)
+        if damaged is not None:  # (reads every float tensor once; GGML blocks are checked by the first encode)
+            raise TextEncoderError(f"{path}: tensor {damaged!r} contains NaN or Inf values; the T5 file is damaged or "
+                                   "comes from a diverged run, and every image would come out black. Use another "
+                                   "copy of the file")
     model = T5Encoder(config, device="meta")     # no memory, no random init: the file's tensors are assigned
     for key, value in state.items():
         if key.endswith(".weight_scale"):

@@ -170,7 +170,11 @@ def pad_and_truncate(token_lists: Sequence[Sequence[int]], max_length: int, *, p
 
 def _from_json_file(file: Path):
     from transformers import PreTrainedTokenizerFast
-    return PreTrainedTokenizerFast(tokenizer_file=str(file))
+    try:
+        return PreTrainedTokenizerFast(tokenizer_file=str(file))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        raise TextEncoderError(f"{file} is not a readable tokenizer.json ({str(e).splitlines()[0][:200]}); it is "
+                               "damaged or truncated: copy it again, or " + TOKENIZER_HELP) from e
 
 
 def _load_hf(path: Path) -> HFTokenizer:
