@@ -14,8 +14,8 @@ if _ROOT not in sys.path:
 
 from . import comfy_compat  # noqa: E402
 from .loaders import ImagenModelLoader, ImagenT5Loader  # noqa: E402
-from .sampling import (ImagenBaseSampler, ImagenImageToImage, ImagenInpaint, ImagenSuperResolution,  # noqa: E402
-                       ImagenTextEncode)
+from .sampling import ImagenBaseSampler, ImagenImageToImage, ImagenInpaint, ImagenSuperResolution  # noqa: E402
+from .text import ImagenTextEncode  # noqa: E402
 
 _NODES = (ImagenT5Loader, ImagenModelLoader, ImagenTextEncode, ImagenBaseSampler, ImagenSuperResolution,
           ImagenImageToImage, ImagenInpaint)

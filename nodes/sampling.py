@@ -1,4 +1,4 @@
-"""Text encoding and the stage nodes: base sampling, super-resolution, image-to-image, inpainting.
+"""The stage nodes: base sampling, super-resolution, image-to-image, inpainting.
 
 Each node unpacks its sockets, calls one function of ``comfyui_imagen.cascade`` and packs the result
 (ComfyUI IMAGE [B, H, W, C] 0..1 on ComfyUI's intermediate device). Progress, previews and Cancel go through
@@ -92,31 +92,6 @@ def _lowres(lowres_image):
 
 
 # ------------------------------------------------------------------------------------------------ nodes
-@node("Imagen Text Encode (T5)", "imagen/conditioning",
-      "Encodes a prompt and a negative prompt with T5 for every stage of an Imagen cascade.",
-      "encode", (("IMAGEN_TEXT_EMBEDS", "embeds",
-                  "Prompt and negative-prompt embeddings; one output serves all stages."),))
-class ImagenTextEncode:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "t5": ("IMAGEN_T5", {"tooltip": "The T5 from Imagen T5 Loader."}),
-            "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
-                                  "tooltip": "What the image should show."}),
-            "negative_prompt": ("STRING", {"multiline": True, "default": "",
-                                           "tooltip": "What to steer away from; empty = the unconditional "
-                                                      "embedding (as DeepFloyd IF)."}),
-            "max_length": ("INT", {"default": 77, "min": 1, "max": 512,
-                                   "tooltip": "Tokens kept per prompt (DeepFloyd IF: 77)."}),
-        }}
-
-    def encode(self, t5, prompt: str, negative_prompt: str, max_length: int = 77):
-        positive = t5.encode([prompt], max_length)
-        negative = t5.encode([negative_prompt], max_length)
-        device = cc.intermediate_device()
-        return (cascade.Conditioning(positive.to(device), negative.to(device)),)
-
-
 @node("Imagen Base Sampler (text to 64 px)", CATEGORY,
       "Generates images from text with a base stage (e.g. 64x64), the first stage of a cascade.",
       "sample", image_output("The generated images, at the base stage's resolution unless width/height say "

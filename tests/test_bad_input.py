@@ -330,12 +330,12 @@ def test_slight_overshoot_is_clamped_not_refused(env):
 
 
 def test_nodes_report_bad_images_naming_their_input(model_folders):
-    from nodes import loaders, sampling
+    from nodes import loaders, sampling, text
 
     sr_model, _, _ = loaders.ImagenModelLoader().load("imagen-demo-sr256.safetensors")
     base_model, _, _ = loaders.ImagenModelLoader().load("imagen-demo-base64.safetensors")
     (t5,) = loaders.ImagenT5Loader().load("imagen-demo-t5.safetensors")
-    (embeds,) = sampling.ImagenTextEncode().encode(t5, "a red circle", "", 77)
+    (embeds,) = text.ImagenTextEncode().encode(t5, "a red circle", "", 77)
     nan_image = nan_at(torch.rand(1, 64, 64, 3), 0, 3, 3, 1)
     with pytest.raises(ValueError, match=r"the image input contains 1 NaN or Inf values"):
         sampling.ImagenSuperResolution().upscale(sr_model, embeds, nan_image, 100, 0, 2, 1.0, "euler", "trailing",

@@ -116,11 +116,11 @@ def test_free_memory_is_measured_on_the_cpu_and_by_the_nodes_outside_comfyui():
 
 
 def test_the_sampling_nodes_apply_the_ceiling(model_folders, monkeypatch):
-    from nodes import comfy_compat, loaders, sampling
+    from nodes import comfy_compat, loaders, sampling, text
 
     model, _, _ = loaders.ImagenModelLoader().load("imagen-demo-base64.safetensors")
     (t5,) = loaders.ImagenT5Loader().load("imagen-demo-t5.safetensors")
-    (embeds,) = sampling.ImagenTextEncode().encode(t5, "a red circle", "", 77)
+    (embeds,) = text.ImagenTextEncode().encode(t5, "a red circle", "", 77)
     monkeypatch.setattr(comfy_compat, "free_memory", lambda device: 1)
     with pytest.raises(memory.MemoryLimitError, match="needs ~"):
         sampling.ImagenBaseSampler().sample(model, embeds, 0, 2, 4.0, "euler", "trailing", 0.95, 0, 0, 2)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nodes
-from nodes import comfy_compat, loaders, sampling
+from nodes import comfy_compat, loaders, sampling, text
 from tests.comfy_helpers import DEMO_NAMES, write_tiny_t5
 
 NODE_IDS = ["ImagenT5Loader", "ImagenModelLoader", "ImagenTextEncode", "ImagenBaseSampler", "ImagenSuperResolution",
@@ -73,7 +73,7 @@ def chain(model_folders):
     (t5,) = loaders.ImagenT5Loader().load(DEMO_NAMES["t5"])
     base, info, res = loaders.ImagenModelLoader().load(DEMO_NAMES["base"])
     sr, sr_info, sr_res = loaders.ImagenModelLoader().load(DEMO_NAMES["sr"])
-    (embeds,) = sampling.ImagenTextEncode().encode(t5, "a red circle", "", 77)
+    (embeds,) = text.ImagenTextEncode().encode(t5, "a red circle", "", 77)
     assert (res, sr_res) == (64, 256) and "base stage" in info and "64 -> 256" in sr_info
     return base, sr, embeds
 

@@ -11,7 +11,7 @@ import torch
 from comfyui_imagen import cascade
 from comfyui_imagen.images import from_comfy_image, from_comfy_mask, to_comfy_image
 from comfyui_imagen.settings import SamplingSettings
-from nodes import loaders, sampling
+from nodes import loaders, sampling, text
 from tests.comfy_helpers import DEMO_NAMES
 
 WIDGETS = dict(seed=11, steps=3, cfg=2.5, schedule="exponential", dynamic_threshold=0.8)
@@ -23,7 +23,7 @@ def loaded(model_folders):
     """The tiny T5, base and SR stage through the loader nodes, and one encoding (max_length 21, a negative)."""
     (t5,) = loaders.ImagenT5Loader().load(DEMO_NAMES["t5"])
     (base, _, _), (sr, _, _) = (loaders.ImagenModelLoader().load(DEMO_NAMES[role]) for role in ("base", "sr"))
-    return t5, base, sr, sampling.ImagenTextEncode().encode(t5, "a red circle", "a blue square", 21)[0]
+    return t5, base, sr, text.ImagenTextEncode().encode(t5, "a red circle", "a blue square", 21)[0]
 
 
 def _same(node_image: torch.Tensor, library_image: torch.Tensor) -> None:

@@ -1,0 +1,32 @@
+"""Imagen Text Encode: a prompt and a negative prompt through the loaded T5, for every stage of a cascade."""
+from __future__ import annotations
+
+from comfyui_imagen import cascade
+
+from . import comfy_compat as cc
+from .declare import node
+
+
+@node("Imagen Text Encode (T5)", "imagen/conditioning",
+      "Encodes a prompt and a negative prompt with T5 for every stage of an Imagen cascade.",
+      "encode", (("IMAGEN_TEXT_EMBEDS", "embeds",
+                  "Prompt and negative-prompt embeddings; one output serves all stages."),))
+class ImagenTextEncode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "t5": ("IMAGEN_T5", {"tooltip": "The T5 from Imagen T5 Loader."}),
+            "prompt": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
+                                  "tooltip": "What the image should show."}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": "",
+                                           "tooltip": "What to steer away from; empty = the unconditional "
+                                                      "embedding (as DeepFloyd IF)."}),
+            "max_length": ("INT", {"default": 77, "min": 1, "max": 512,
+                                   "tooltip": "Tokens kept per prompt (DeepFloyd IF: 77)."}),
+        }}
+
+    def encode(self, t5, prompt: str, negative_prompt: str, max_length: int = 77):
+        positive = t5.encode([prompt], max_length)
+        negative = t5.encode([negative_prompt], max_length)
+        device = cc.intermediate_device()
+        return (cascade.Conditioning(positive.to(device), negative.to(device)),)
