@@ -231,7 +231,7 @@ def generate(stage: "Stage", cond: Conditioning, *, width: Optional[int] = None,
              batch_size: int = 1, settings: Optional[SamplingSettings] = None, callback: Callback = None,
              cancel: Cancel = None, free_memory: Optional[FreeMemory] = None) -> torch.Tensor:
     """Text-to-image with a base stage: [batch_size, 3, height, width] in -1..1 (default size: the stage's)."""
-    check_role(stage, "base", "generate()")
+    check_role(stage, "base", "generate()", "super_resolve() (node: Imagen Super-Resolution)")
     settings = _settings(stage, settings)
     width = stage.config.resolution if width is None else width
     height = stage.config.resolution if height is None else height
@@ -258,7 +258,7 @@ def super_resolve(stage: "Stage", cond: Conditioning, lowres_image: torch.Tensor
     upsampling of the input, noised to the sigma at that fraction of the grid, and runs only the grid's tail
     (`sdedit_start`): the output keeps the input's layout and costs `strength` x the steps. ``noise_level``,
     ``settings`` and ``strength`` default to the stage's recommended ones (the demo SR: 100, 15 steps, 0.15)."""
-    check_role(stage, "sr", "super_resolve()")
+    check_role(stage, "sr", "super_resolve()", "generate() (node: Imagen Base Sampler)")
     lowres_image = check_images(lowres_image, "the low-resolution image")
     settings = _settings(stage, settings)
     strength = check_strength(stage.recommended.strength if strength is None else strength,

@@ -5,6 +5,10 @@ stage `load_stage` reads (native, DeepFloyd IF folder or file) and any T5 `load_
 T5 run the same way. Sampling settings not given on the command line are each stage's recommended ones
 (`Stage.recommended`: the file's, IF's published ones, the library's defaults measured on the demo). Progress is a
 plain bar on stderr.
+
+One model is in memory at a time (`pipeline.CascadeRunner`): the T5 encodes and is released before the base stage
+loads, each stage is released before the next (``--keep-models`` holds them all). The stages run in the device's
+dtype (``--dtype auto``, `comfyui_imagen.dtypes`: bf16 for IF's fp16 files on a CPU with native bf16).
 """
 from __future__ import annotations
 
@@ -25,17 +29,24 @@ from .settings import DEFAULT_BASE, DEFAULT_SR
 
 @dataclass
 class Cascade:
-    """A text encoder and the stages to run after one another (a base stage, then zero or more SR stages)."""
+    """A text encoder and the stages to run after one another (a base stage, then zero or more SR stages), all
+    loaded (`load_cascade`); `pipeline.CascadeRunner` is the same cascade loading one model at a time."""
 
     t5: object
     base: object
     srs: list
 
 
-def load_cascade(t5: Optional[str] = None, base: Optional[str] = None, srs: Optional[list[str]] = None,
-                 tokenizer: Optional[str] = None, dtype: Optional[torch.dtype] = None,
-                 device: str = "cpu") -> Cascade:
-    """Load the named files, the bundled demo's where a name is None (`srs=None`: the demo SR; `srs=[]`: none)."""
+# --dtype: the stages' dtype ("auto": the device's choice, `comfyui_imagen.dtypes`; the T5 chooses its own)
+CLI_DTYPES = {"auto": "auto", "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def cascade_loaders(t5: Optional[str] = None, base: Optional[str] = None, srs: Optional[list[str]] = None,
+                    tokenizer: Optional[str] = None, dtype="auto", device: str = "cpu"):
+    """(load_t5, load_base, [load_sr, ...]): functions that each load one model of the named files, the bundled
+    demo's where a name is None (`srs=None`: the demo SR; `srs=[]`: none). dtype: the stages' (`load_stage`; "auto"
+    is the device's choice, fp32 for the demo's fp32 files); a torch dtype is also the T5's storage dtype, "auto" or
+    None keeps the T5 file's (`load_t5` picks its compute dtype)."""
     from .checkpoints import load_stage
     from .text import load_t5
 
@@ -45,11 +56,31 @@ def load_cascade(t5: Optional[str] = None, base: Optional[str] = None, srs: Opti
 
         demo = demo_files()
     t5_path = t5 or demo["t5"]
-    encoder = load_t5(t5_path, dtype=dtype, tokenizer=tokenizer) if tokenizer else load_t5(t5_path, dtype=dtype)
-    stages = [load_stage(p, dtype=dtype) for p in [base or demo["base"], *([demo["sr"]] if srs is None else srs)]]
-    for stage in stages:
-        stage.unet.to(device).eval()
-    return Cascade(encoder, stages[0], stages[1:])
+    t5_dtype = dtype if isinstance(dtype, torch.dtype) else None
+
+    def load_encoder():
+        if tokenizer:
+            return load_t5(t5_path, dtype=t5_dtype, tokenizer=tokenizer, device=device)
+        return load_t5(t5_path, dtype=t5_dtype, device=device)
+
+    def stage_loader(path):
+        def load():
+            stage = load_stage(path, dtype=dtype, device=device)
+            stage.unet.to(device).eval()
+            return stage
+        return load
+
+    paths = [base or demo["base"], *([demo["sr"]] if srs is None else srs)]
+    loaders = [stage_loader(p) for p in paths]
+    return load_encoder, loaders[0], loaders[1:]
+
+
+def load_cascade(t5: Optional[str] = None, base: Optional[str] = None, srs: Optional[list[str]] = None,
+                 tokenizer: Optional[str] = None, dtype="auto", device: str = "cpu") -> Cascade:
+    """Load the named files, the bundled demo's where a name is None (`srs=None`: the demo SR; `srs=[]`: none), all
+    at once (`cascade_loaders`); memory: the sum of the models."""
+    load_t5, load_base, load_srs = cascade_loaders(t5, base, srs, tokenizer, dtype, device)
+    return Cascade(load_t5(), load_base(), [load() for load in load_srs])
 
 
 def progress_bar(label: str, stream=None) -> Callable[[dict], None]:
@@ -71,34 +102,28 @@ def progress_bar(label: str, stream=None) -> Callable[[dict], None]:
 
 def stage_settings(stage, seed: int = 0, **flags):
     """The stage's recommended `SamplingSettings` with the given flags (sampler, steps, cfg, spacing: None = keep
-    the stage's) and `seed`."""
+    the stage's) and `seed`. Steps given without a spacing over a recommended IF preset (smart100 ..., which fixes
+    its own step count) use the library's default spacing, so that ``--steps N`` runs N steps."""
+    from .respacing import IF_PRESETS
+    from .settings import role_defaults
+
     given = {k: v for k, v in flags.items() if v is not None}
-    return stage.recommended.settings.replace(seed=seed, **given)
+    recommended = stage.recommended.settings
+    if "steps" in given and "spacing" not in given and recommended.spacing in IF_PRESETS:
+        given["spacing"] = role_defaults(stage.config.role).settings.spacing
+    return recommended.replace(seed=seed, **given)
 
 
 def text_to_image(cascade: Cascade, prompts: list[str], *, negative: str = "", base_settings=None, sr_settings=None,
                   noise_level: Optional[int] = None, sr_strength: Optional[float] = None, max_length: int = 77,
                   progress: Optional[Callable[[str], Callable]] = None) -> list[torch.Tensor]:
     """Each stage's output for `prompts` (item k seeded seed + k): [base [B,3,64,64], sr1 [B,3,256,256], ...],
-    images in -1..1. Settings left None are each stage's recommended ones; `sr_settings` is one `SamplingSettings`
-    for every SR stage or a list with one per stage. `progress(label)` may return a per-step callback;
-    `sr_strength` see `cascade.super_resolve`."""
-    from .cascade import Conditioning, generate, super_resolve
+    images in -1..1, with the loaded `cascade` (`pipeline.run`, which releases nothing it was given)."""
+    from .pipeline import CascadeRunner, run
 
-    pos = cascade.t5.encode(list(prompts), max_length=max_length)
-    neg = cascade.t5.encode([negative] * len(prompts), max_length=max_length)
-    cond = Conditioning(pos, neg)
-    per_sr = sr_settings if isinstance(sr_settings, (list, tuple)) else [sr_settings] * len(cascade.srs)
-    if len(per_sr) != len(cascade.srs):
-        raise ValueError(f"sr_settings lists {len(per_sr)} settings for {len(cascade.srs)} SR stages; give one "
-                         f"SamplingSettings for all, or one per stage")
-    callback = progress("base") if progress else None
-    outs = [generate(cascade.base, cond, batch_size=len(prompts), settings=base_settings, callback=callback)]
-    for i, (stage, settings) in enumerate(zip(cascade.srs, per_sr)):
-        callback = progress(f"sr{i + 1}") if progress else None
-        outs.append(super_resolve(stage, cond, outs[-1], settings=settings, noise_level=noise_level,
-                                  strength=sr_strength, callback=callback))
-    return outs
+    return run(CascadeRunner(cascade.t5, cascade.base, cascade.srs), prompts, negative=negative,
+               base_settings=base_settings, sr_settings=sr_settings, noise_level=noise_level,
+               sr_strength=sr_strength, max_length=max_length, progress=progress)
 
 
 def save_images(images: torch.Tensor, out: Path) -> list[Path]:
@@ -149,6 +174,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="an SR stage file/folder; repeat for 256 then 1024 (default: the bundled demo SR)")
     g.add_argument("--no-sr", action="store_true", help="stop after the base stage (64 px)")
     g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="auto",
+                   help="the stages' dtype: auto (default: bf16 for fp16 files on a CPU with native bf16, fp32 "
+                        "computed from the fp16 weights layer by layer on other CPUs, fp16 on CUDA; fp32 files stay "
+                        "fp32), fp32, fp16 or bf16. The T5 keeps its file's dtype")
+    g.add_argument("--keep-models", action="store_true",
+                   help="hold the T5 and every stage until the end (their sum of memory); default: one at a time, "
+                        "the T5 released before the base stage loads, each stage before the next")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -207,6 +239,8 @@ def check_args(args) -> None:
     check_text(args.negative, "--negative")
     check_output(args.output)
     check_device(args.device)
+    if args.dtype not in CLI_DTYPES:
+        raise ValueError(f"--dtype {args.dtype!r}: use one of {', '.join(CLI_DTYPES)}")
     check_batch(args.batch_size)
     for prefix in ("", "sr_"):  # the same rules SamplingSettings applies, for the flags that were given
         given = {k: getattr(args, prefix + k) for k in ("sampler", "steps", "cfg")}
@@ -231,17 +265,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         check_args(args)
-        cascade = load_cascade(args.t5, args.base, [] if args.no_sr else args.sr, args.tokenizer,
-                               device=args.device)
-        base = stage_settings(cascade.base, args.seed, sampler=args.sampler, steps=args.steps, cfg=args.cfg,
-                              spacing=args.spacing)
-        sr = [stage_settings(stage, args.seed, sampler=args.sr_sampler, steps=args.sr_steps, cfg=args.sr_cfg,
-                             spacing=args.spacing) for stage in cascade.srs]
+        from .pipeline import CascadeRunner
+
+        load_t5, load_base, load_srs = cascade_loaders(args.t5, args.base, [] if args.no_sr else args.sr,
+                                                       args.tokenizer, CLI_DTYPES[args.dtype], args.device)
+        runner = CascadeRunner(load_t5, load_base, load_srs, keep=args.keep_models)
+        flags = dict(sampler=args.sampler, steps=args.steps, cfg=args.cfg, spacing=args.spacing)
+        sr_flags = dict(sampler=args.sr_sampler, steps=args.sr_steps, cfg=args.sr_cfg, spacing=args.spacing)
         start = time.perf_counter()
         with torch.inference_mode():
-            outs = text_to_image(cascade, [args.prompt] * args.batch_size, negative=args.negative,
-                                 base_settings=base, sr_settings=sr, noise_level=args.noise_level,
-                                 sr_strength=args.sr_strength, progress=None if args.quiet else progress_bar)
+            outs = runner([args.prompt] * args.batch_size, negative=args.negative,
+                          base_settings=lambda stage: stage_settings(stage, args.seed, **flags),
+                          sr_settings=lambda stage: stage_settings(stage, args.seed, **sr_flags),
+                          noise_level=args.noise_level, sr_strength=args.sr_strength,
+                          progress=None if args.quiet else progress_bar)
         paths = save_images(outs[-1], Path(args.output).expanduser())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

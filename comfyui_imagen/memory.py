@@ -15,6 +15,7 @@ What is free comes from `free_bytes`: on the CPU the kernel's MemAvailable (/pro
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, Optional
 
@@ -127,3 +128,28 @@ def plan_chunk(stage, batch: int, height: int, width: int, *, guided: bool, free
         log.info("%s: %d images of %dx%d need ~%.2f GB, %.2f GB free: sampling %d at a time", what, batch, width,
                  height, estimate_bytes(stage, batch, height, width, guided) / GB, free / GB, chunk)
     return max(1, chunk)
+
+
+def release_memory() -> None:
+    """Give memory that Python and PyTorch have freed back to the system: collect reference cycles, empty the CUDA
+    cache, and on glibc trim the heap (``malloc_trim``: freed blocks below its mmap threshold, which rises to 32 MB
+    as large tensors come and go, otherwise stay in the process). Called after a model is released."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` from the running process's own symbols; None elsewhere (musl, macOS, Windows)."""
+    import ctypes
+
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):
+        return None

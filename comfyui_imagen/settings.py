@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from .checks import check_int, is_real
-from .respacing import SPACINGS
+from .respacing import IF_PRESETS, SPACINGS
 from .samplers import SAMPLERS, SEED_MAX
 
 if TYPE_CHECKING:  # pragma: no cover
     from .text import TextEmbeds
 
-__all__ = ["Conditioning", "SamplingSettings", "StageDefaults", "IF_STAGE_I", "IF_STAGE_II", "DEFAULT_BASE",
-           "DEFAULT_SR", "role_defaults"]
+__all__ = ["AUTO", "Conditioning", "SamplingSettings", "StageDefaults", "IF_STAGE_I", "IF_STAGE_II", "DEFAULT_BASE",
+           "DEFAULT_SR", "role_defaults", "with_overrides"]
+
+AUTO = "auto"  # a setting left to the stage: its recommended value (the nodes' "auto" widget values)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,13 @@ class SamplingSettings:
         return dataclasses.replace(self, **changes)
 
 
+def with_overrides(defaults: SamplingSettings, **values) -> SamplingSettings:
+    """``defaults`` (a stage's recommended settings) with each of ``values`` that is not `AUTO`: what a node's
+    widgets mean when some say "auto" (``with_overrides(stage.recommended.settings, steps=20, sampler=AUTO)``)."""
+    return defaults.replace(**{name: value for name, value in values.items()
+                               if not (isinstance(value, str) and value == AUTO)})
+
+
 @dataclass(frozen=True)
 class StageDefaults:
     """A stage's recommended settings: `settings`, and for SR stages the augmentation `noise_level` (0..T-1) and
@@ -86,6 +95,16 @@ class StageDefaults:
             check_int(self.noise_level, "StageDefaults.noise_level", 0, hint=" (on the 0..T-1 timestep scale)")
         if not (is_real(self.strength) and 0 < self.strength <= 1):
             raise ValueError(f"StageDefaults.strength must be in (0, 1] (1 = from pure noise), got {self.strength!r}")
+
+    def describe(self) -> str:
+        """One line for people: what the nodes' "auto" widgets run."""
+        s = self.settings
+        steps = s.spacing if s.spacing in IF_PRESETS else f"{s.steps} {s.spacing} steps"
+        threshold = "static clipping" if s.dynamic_threshold is None else f"dynamic threshold {s.dynamic_threshold:g}"
+        text = f"{s.sampler}, {steps}, cfg {s.cfg:g}, {threshold}"
+        if self.noise_level is not None:
+            text += f", noise level {self.noise_level}, strength {self.strength:g}"
+        return text
 
     def to_dict(self) -> dict:
         return {"settings": dataclasses.asdict(self.settings), "noise_level": self.noise_level,

@@ -150,12 +150,13 @@ class Stage:
         return next(self.unet.parameters()).device
 
     def describe(self, name: str = "") -> str:
-        """One line for people: role, sizes, prediction type, T5 width, size in parameters."""
+        """One line for people: role, sizes, prediction type, T5 width, size in parameters, recommended settings."""
         c = self.config
         size = (f"{c.resolution} px from text" if c.role == "base"
                 else f"{c.lowres_resolution} -> {c.resolution} px super-resolution")
         return (f"{name or c.name or 'stage'}: {c.role} stage, {size}, {c.prediction_type}, T5 width "
-                f"{c.text_embed_dim}, {sum(p.numel() for p in self.unet.parameters()) / 1e6:.1f} M parameters")
+                f"{c.text_embed_dim}, {sum(p.numel() for p in self.unet.parameters()) / 1e6:.1f} M parameters; "
+                f"recommended (the nodes' auto): {self.recommended.describe()}")
 
     def denoiser(self, settings: SamplingSettings):
         """``Thresholded(CFGDenoiser(make_denoiser(unet)))``, called with ``cond=`` / ``uncond=`` kwargs.

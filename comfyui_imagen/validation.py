@@ -62,18 +62,19 @@ def check_images(images: torch.Tensor, what: str) -> torch.Tensor:
                                                   "comfyui_imagen.images.from_comfy_image)")
 
 
-def check_role(stage: "Stage", want: str, what: str) -> None:
-    """ValueError unless ``stage.config.role == want`` ("base" or "sr"), naming the function and node to use."""
+def check_role(stage: "Stage", want: str, what: str, other: str) -> None:
+    """ValueError unless ``stage.config.role == want`` ("base" or "sr"): ``what`` (the function or node that was
+    called) leads the message, ``other`` names what runs the other role (a function and its node, or a node)."""
     config = stage.config
     if config.role == want:
         return
     if want == "sr":
         raise ValueError(f"{what} needs a super-resolution stage, but this model is a base stage "
-                         f"({config.resolution} px from text alone): use generate() (node: Imagen Base Sampler) "
-                         f"for it, or load an SR model in Imagen Model Loader")
+                         f"({config.resolution} px from text alone): use {other} for it, or load an SR model in "
+                         f"Imagen Model Loader")
     raise ValueError(f"{what} needs a base stage, but this model is a super-resolution stage "
-                     f"({config.lowres_resolution} -> {config.resolution} px): use super_resolve() (node: Imagen "
-                     f"Super-Resolution) for it, or load a base model in Imagen Model Loader")
+                     f"({config.lowres_resolution} -> {config.resolution} px): use {other} for it, or load a base "
+                     f"model in Imagen Model Loader")
 
 
 def size_multiple(stage: "Stage") -> int:

@@ -5,7 +5,7 @@ Inside ComfyUI: model folders come from ``folder_paths`` (``models/imagen`` is r
 and loaded through ``comfy.model_management`` (so ComfyUI offloads them when another model needs the memory),
 progress and JPEG previews go to ``comfy.utils.ProgressBar`` and an interrupt raises within one sampler step.
 Without ComfyUI (tests, scripts) the same calls use the folders given to :func:`set_fallback_folders`, the CPU,
-and no progress bar. This is the only module of the pack that imports ``comfy`` or ``folder_paths``.
+and no progress bar. This is the only module of the pack that imports ``comfy``, ``comfy_api`` or ``folder_paths``.
 """
 from __future__ import annotations
 
@@ -34,6 +34,18 @@ def _comfy(module: str):
         return importlib.import_module(module)
     except ImportError:
         return None
+
+
+# ---------------------------------------------------------------------------------------------------- node API
+def v3_api():
+    """ComfyUI's V3 node API as ``(io, ComfyExtension)`` from ``comfy_api.latest``; None where the server has none
+    (ComfyUI before V3, or a ``comfy_api.latest`` of before ``io.ComfyNode`` and ``ComfyExtension``) or outside it."""
+    latest = _comfy("comfy_api.latest")
+    io = getattr(latest, "io", None)
+    extension = getattr(latest, "ComfyExtension", None)
+    if extension is None or not all(hasattr(io, name) for name in ("ComfyNode", "Schema", "NodeOutput", "Custom")):
+        return None
+    return io, extension
 
 
 # ---------------------------------------------------------------------------------------------------- model folders
@@ -116,15 +128,29 @@ class ImagenWeights(torch.nn.Module):
         self.inner = module
 
 
+def run_device(*, text_encoder: bool = False) -> torch.device:
+    """Where a model runs: ComfyUI's torch device (or text-encoder device) inside ComfyUI, the CPU outside it."""
+    mm = _comfy("comfy.model_management")
+    if mm is None:
+        return torch.device("cpu")
+    return torch.device(mm.text_encoder_device() if text_encoder else mm.get_torch_device())
+
+
 class ManagedModel:
     """A module that ComfyUI's model management moves to the GPU for a run and offloads when memory is needed.
 
     ``load()`` returns the module on its run device. Outside ComfyUI it stays where it is (the CPU).
     ``text_encoder=True`` uses ComfyUI's text-encoder devices instead of the diffusion-model ones.
+
+    A U-Net follows ``comfy.ops``' convention (`comfyui_imagen.layercast.enable`: ``comfy_cast_weights`` and cast
+    hooks on every layer), so ModelPatcher may load it partially: what does not fit the GPU stays on the CPU and is
+    moved layer by layer while sampling (ComfyUI's low-VRAM mode; an IF-I-XL in fp16 on an 8 GB card). The T5's
+    layers cast their own dtype but not their device, so it loads whole.
     """
 
     def __init__(self, module: torch.nn.Module, *, text_encoder: bool = False):
         self.module = module
+        self.text_encoder = text_encoder
         self.patcher = None
         mm = _comfy("comfy.model_management")
         model_patcher = _comfy("comfy.model_patcher")
@@ -132,19 +158,35 @@ class ManagedModel:
             if text_encoder:
                 load, offload = mm.text_encoder_device(), mm.text_encoder_offload_device()
             else:
+                from comfyui_imagen import layercast
+
+                layercast.enable(module)
                 load, offload = mm.get_torch_device(), mm.unet_offload_device()
             module.to(offload)
             self.patcher = model_patcher.ModelPatcher(ImagenWeights(module), load_device=load, offload_device=offload)
 
     def load(self) -> torch.nn.Module:
         if self.patcher is not None:
-            # Our modules are plain torch layers (no comfy.ops casting): they must sit whole on one device, so they
-            # load fully, and whatever a low-VRAM mode left behind is moved too.
-            _comfy("comfy.model_management").load_models_gpu([self.patcher], force_full_load=True)
-            device = self.patcher.load_device
-            if any(t.device != device for t in (*self.module.parameters(), *self.module.buffers())):
-                self.module.to(device)
+            mm = _comfy("comfy.model_management")
+            mm.load_models_gpu([self.patcher], force_full_load=self.text_encoder)
+            device = torch.device(self.patcher.load_device)
+            if self.text_encoder:
+                # whatever a low-VRAM mode left behind is moved too: the T5 must sit whole on one device
+                if any(t.device != device for t in (*self.module.parameters(), *self.module.buffers())):
+                    self.module.to(device)
+            else:
+                place_first_layer(self.module, device)
         return self.module
+
+
+def place_first_layer(module: torch.nn.Module, device: torch.device) -> None:
+    """After a partial load: the layer holding the module's first parameter on ``device`` (a stage's device is its
+    first parameter's, where the sampler puts its tensors); the offloaded rest follows layer by layer."""
+    first = next(module.parameters(), None)
+    if first is None or first.device == device:
+        return
+    owner = next(m for m in module.modules() if any(p is first for p in m._parameters.values()))
+    owner.to(device)
 
 
 # ---------------------------------------------------------------------------------------------------- progress

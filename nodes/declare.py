@@ -1,7 +1,8 @@
 """One declaration per node: `@node(...)` states a node's name, category, description and outputs once and sets the
 attributes ComfyUI's node API reads (``DISPLAY_NAME``, ``CATEGORY``, ``DESCRIPTION``, ``RETURN_TYPES``,
 ``RETURN_NAMES``, ``OUTPUT_TOOLTIPS``, ``FUNCTION``). The class keeps ``INPUT_TYPES`` and its function; the node id
-is the class name, permanent (saved workflows name it).
+is the class name, permanent (saved workflows name it). This V1 declaration is the only one: `nodes.v3` derives the
+node's V3 form (``comfy_api.latest``) from it, so both APIs show the same id, inputs, options and outputs.
 """
 from __future__ import annotations
 

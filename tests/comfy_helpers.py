@@ -15,18 +15,15 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 API_DIR = WORKFLOWS / "api"
-INPUT_DIR = WORKFLOWS / "input"
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "BOUNDING_BOX"}
 VIRTUAL_NODES = {"Note", "MarkdownNote"}  # frontend-only: a text widget, never sent to the server
-FILE_INPUTS = {"t5_name", "model_name", "ckpt_name", "image"}  # combos listing files
+FILE_INPUTS = {"t5_name", "model_name", "ckpt_name"}  # combos listing files
 SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
-UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 KSAMPLER_SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
                      "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm", "ddim", "uni_pc"]
 KSAMPLER_SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
@@ -94,23 +91,6 @@ class _Core:
         return {"required": dict(cls.SPEC)}
 
 
-class LoadImage(_Core):
-    SPEC = {"image": ("COMBO", {"image_upload": True})}
-    RETURN_TYPES = ("IMAGE", "MASK")
-
-    def run(self, image):
-        from PIL import Image
-        import numpy as np
-
-        img = Image.open(INPUT_DIR / image)
-        rgb = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
-        if "A" in img.getbands():
-            mask = 1.0 - torch.from_numpy(np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0)
-        else:
-            mask = torch.zeros(64, 64)
-        return rgb, mask[None]
-
-
 class SaveImage(_Core):
     SPEC = {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}
     OUTPUT_NODE = True
@@ -128,18 +108,6 @@ class PreviewImage(SaveImage):
         return super().run(images, "preview")
 
 
-class ImageScale(_Core):
-    SPEC = {"image": ("IMAGE",), "upscale_method": (UPSCALE_METHODS,),
-            "width": ("INT", {"default": 512, "min": 0, "max": MAX_RES}),
-            "height": ("INT", {"default": 512, "min": 0, "max": MAX_RES}),
-            "crop": (["disabled", "center"],)}
-    RETURN_TYPES = ("IMAGE",)
-
-    def run(self, image, upscale_method, width, height, crop):
-        x = F.interpolate(image.movedim(-1, 1), size=(height, width), mode="bilinear", antialias=True)
-        return (x.movedim(1, -1),)
-
-
 class ImageCrop(_Core):
     SPEC = {"image": ("IMAGE",), "width": ("INT", {"default": 512, "min": 1, "max": MAX_RES}),
             "height": ("INT", {"default": 512, "min": 1, "max": MAX_RES}),
@@ -152,20 +120,49 @@ class ImageCrop(_Core):
         return (image[:, y:y + height, x:x + width, :],)
 
 
+class ImageCropV2(_Core):
+    """0.33's "Crop Image" (ImageCrop is deprecated there): a BOUNDING_BOX widget, {x, y, width, height}."""
+    SPEC = {"image": ("IMAGE",), "crop_region": ("BOUNDING_BOX", {"component": "ImageCrop",
+                                                                  "default": {"x": 0, "y": 0, "width": 512,
+                                                                              "height": 512}})}
+    RETURN_TYPES = ("IMAGE",)
+
+    def run(self, image, crop_region):
+        return ImageCrop().run(image, crop_region["width"], crop_region["height"], crop_region["x"], crop_region["y"])
+
+
+class SolidMask(_Core):
+    SPEC = {"value": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}),
+            "width": ("INT", {"default": 512, "min": 1, "max": MAX_RES}),
+            "height": ("INT", {"default": 512, "min": 1, "max": MAX_RES})}
+    RETURN_TYPES = ("MASK",)
+
+    def run(self, value, width, height):
+        return (torch.full((1, height, width), value),)
+
+
+class MaskComposite(_Core):
+    SPEC = {"destination": ("MASK",), "source": ("MASK",), "x": ("INT", {"default": 0, "min": 0, "max": MAX_RES}),
+            "y": ("INT", {"default": 0, "min": 0, "max": MAX_RES}),
+            "operation": (["multiply", "add", "subtract", "and", "or", "xor"],)}
+    RETURN_TYPES = ("MASK",)
+
+    def run(self, destination, source, x, y, operation):
+        if operation != "add":
+            raise NotImplementedError(f"the stand-in MaskComposite does {operation!r}: only add")
+        out = destination.clone()
+        h, w = out.shape[-2:]
+        part = source[..., :h - y, :w - x]
+        out[..., y:y + part.shape[-2], x:x + part.shape[-1]] += part
+        return (out.clamp(0, 1),)
+
+
 class MaskToImage(_Core):
     SPEC = {"mask": ("MASK",)}
     RETURN_TYPES = ("IMAGE",)
 
     def run(self, mask):
         return (mask.reshape(-1, 1, *mask.shape[-2:]).movedim(1, -1).expand(-1, -1, -1, 3),)
-
-
-class ImageToMask(_Core):
-    SPEC = {"image": ("IMAGE",), "channel": (["red", "green", "blue", "alpha"],)}
-    RETURN_TYPES = ("MASK",)
-
-    def run(self, image, channel):
-        return (image[..., ["red", "green", "blue", "alpha"].index(channel)],)
 
 
 class CheckpointLoaderSimple(_Core):
@@ -220,7 +217,7 @@ class VAEDecode(_Core):
 
 
 CORE_NODES = {cls.__name__: cls for cls in (
-    LoadImage, SaveImage, PreviewImage, ImageScale, ImageCrop, MaskToImage, ImageToMask,
+    SaveImage, PreviewImage, ImageCrop, ImageCropV2, SolidMask, MaskComposite, MaskToImage,
     CheckpointLoaderSimple, CLIPTextEncode, SD_4XUpscale_Conditioning, KSampler, VAEDecode)}
 
 
@@ -286,7 +283,11 @@ def _check_node(node: dict, cls) -> list[str]:
         return [f"{where}: unknown node type"]
     errors = []
     slots, values = widget_slots(cls), node.get("widgets_values", [])
-    if len(values) != len(slots):
+    optional = {name for name, _, _, required in input_specs(cls) if not required}
+    # a workflow saved before an optional widget was added (they go last) has no value for it: the frontend gives
+    # it its default
+    later = [name.split(":")[0] for name, _, _ in slots[len(values):]]
+    if len(values) > len(slots) or not set(later) <= optional:
         errors.append(f"{where}: {len(values)} widget values for {len(slots)} widgets {[s[0] for s in slots]}")
     for (name, kind, opts), value in zip(slots, values):
         errors += [f"{where}: widget {name}: {e}" for e in _check_widget(cls, name, kind, opts, value)]
@@ -337,6 +338,9 @@ def _check_widget(cls, name, kind, opts, value) -> list[str]:
         return [] if lo <= value <= hi else [f"{value} outside [{lo}, {hi}]"]
     if kind == "STRING":
         return [] if isinstance(value, str) else [f"{value!r} is not a string"]
+    if kind == "BOUNDING_BOX":
+        keys = {"x", "y", "width", "height"}
+        return [] if isinstance(value, dict) and set(value) == keys else [f"{value!r} is not {{x, y, width, height}}"]
     if kind == "BOOLEAN":
         return [] if isinstance(value, bool) else [f"{value!r} is not a boolean"]
     if name in FILE_INPUTS or cls.__name__ in CORE_NODES:
@@ -355,8 +359,8 @@ def ui_to_api(ui: dict, classes: dict) -> dict:
         cls = classes[node["type"]]
         inputs = {}
         values = iter(node.get("widgets_values", []))
-        for name, kind, _ in widget_slots(cls):
-            value = next(values)
+        for name, kind, opts in widget_slots(cls):
+            value = next(values, opts.get("default"))  # an optional widget added after the workflow was saved
             if kind not in ("CONTROL", "UPLOAD"):
                 inputs[name] = value
         for slot in node.get("inputs", []):
@@ -424,8 +428,8 @@ def _pil(images: torch.Tensor, k: int, side: int):
 
 
 def render_thumbnail(name: str):
-    """The workflow run on the bundled demo cascade: its input (LoadImage) or first preview beside its result, or a
-    2x2 grid for a batch. None when the demo files are missing."""
+    """The workflow run on the bundled demo cascade: its first preview (else the base stage's image) beside its
+    result, or a 2x2 grid for a batch. None when the demo files are missing."""
     from PIL import Image
 
     from nodes.loaders import bundled_files
@@ -441,8 +445,8 @@ def render_thumbnail(name: str):
         for k in range(min(4, final.shape[0])):
             canvas.paste(_pil(final, k, h // 2), ((w - h) // 2 + (k % 2) * h // 2, (k // 2) * h // 2))
         return canvas
-    loaded = [out[0] for node_id, out in outputs.items() if prompt[node_id]["class_type"] == "LoadImage"]
-    before = (loaded or [images for prefix, images in SaveImage.saved if prefix == "preview"])[0]
+    base = [out[0] for node_id, out in outputs.items() if prompt[node_id]["class_type"] == "ImagenBaseSampler"]
+    before = ([images for prefix, images in SaveImage.saved if prefix == "preview"] or base)[0]
     half = w // 2 - 4
     canvas.paste(_pil(before, 0, half), (0, (h - half) // 2))
     canvas.paste(_pil(final, 0, half), (w - half, (h - half) // 2))
@@ -484,8 +488,8 @@ def write_thumbnails(diagram_only: bool = False) -> list[Path]:
     """``workflows/<name>.jpg``: a demo render where the bundled demo runs the workflow, else a diagram."""
     written = []
     for path in sorted(WORKFLOWS.glob("*.json")):
-        image = None if diagram_only or "deepfloyd" in path.stem else render_thumbnail(path.stem)
-        title = path.stem.removeprefix("imagen_").replace("_", " ")
+        image = None if diagram_only or "DeepFloyd" in path.stem else render_thumbnail(path.stem)
+        title = path.stem
         (image or draw_diagram(load_json(path), title)).save(path.with_suffix(".jpg"), quality=88)
         written.append(path.with_suffix(".jpg"))
     return written

@@ -15,10 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from comfyui_imagen import cascade, images, memory
 from comfyui_imagen.checkpoints import CheckpointError, load_stage
-from comfyui_imagen.files import ModelFileError
 from comfyui_imagen.samplers import SEED_MAX
 from comfyui_imagen.text import TextEmbeds, TextEncoderError, load_t5
-from tests.comfy_helpers import write_tiny_stage, write_tiny_t5
+from tests.comfy_helpers import write_tiny_t5
 
 FIXTURES = Path(__file__).parent / "fixtures"
 S = cascade.SamplingSettings
@@ -383,7 +382,7 @@ def test_cli_refuses_before_loading_a_model(tmp_path, monkeypatch, capsys, args,
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(cli, "load_cascade", no_loading)
+    monkeypatch.setattr(cli, "cascade_loaders", no_loading)
     (tmp_path / "a-file").write_text("")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     prompt = args.pop(1) if args[0] == "--prompt-is" else "a red circle"

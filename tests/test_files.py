@@ -256,7 +256,7 @@ def write_if_unet(unet_dir: Path) -> None:
               unet_dir / "diffusion_pytorch_model.safetensors")
 
 
-def test_if_root_without_model_index_is_listed_and_both_spellings_load(tmp_path):
+def test_if_roots_are_listed_by_their_unet_files_and_every_spelling_loads(tmp_path):
     models = tmp_path / "imagen"
     write_if_unet(models / "IF-I-XL-v1.0" / "unet")
     write_tiny_t5(models / "IF-I-XL-v1.0" / "text_encoder.safetensors")  # a file inside a model folder: not listed
@@ -267,19 +267,23 @@ def test_if_root_without_model_index_is_listed_and_both_spellings_load(tmp_path)
     (models / "sub" / "stage.safetensors").write_bytes(b"")
     (models / "sub" / "notes.txt").write_text("")
     found = files.scan_folder(models)
-    # a root without model_index.json also under the name earlier versions listed (saved workflows hold it)
-    assert found.stages == ("IF-I-XL-v1.0", "IF-I-XL-v1.0/unet", "IF-II-M-v1.0", "sub/stage.safetensors")
+    # every entry names a weights file (ComfyUI's frontend checks a workflow's models by such names only); a root
+    # whose unet/ holds no weights file is listed as itself
+    assert found.stages == ("IF-I-XL-v1.0/unet/diffusion_pytorch_model.safetensors", "IF-II-M-v1.0",
+                            "sub/stage.safetensors")
     assert found.t5 == ("IF-II-M-v1.0/text_encoder",)
     bundled = tmp_path / "bundled" / "stage.safetensors"
     assert files.list_stages([models], [bundled, tmp_path / "demo.safetensors"]) == [*found.stages, "stage.safetensors",
                                                                                      "demo.safetensors"]
     assert files.resolve("demo.safetensors", [models], [tmp_path / "demo.safetensors"]) == tmp_path / "demo.safetensors"
-    configs = []
-    for name in ("IF-I-XL-v1.0", "IF-I-XL-v1.0/unet"):  # what the shipped workflow names, and what was listed before
+    stages = []
+    # the listed file, and what the shipped workflow and earlier versions named
+    for name in ("IF-I-XL-v1.0/unet/diffusion_pytorch_model.safetensors", "IF-I-XL-v1.0", "IF-I-XL-v1.0/unet"):
         path = files.resolve(name, [tmp_path / "elsewhere", models])
         assert path == models / name
-        configs.append(load_stage(path).config.unet)
-    assert configs[0] == configs[1]
+        stages.append(load_stage(path).config)
+    assert stages[0] == stages[1] and stages[0].name == "IF-I-XL-v1.0"
+    assert stages[0].unet == stages[2].unet
 
 
 def test_list_t5_files_folders_and_bundled(tmp_path):

@@ -41,9 +41,10 @@ def demo():
 def test_the_matrix_covers_every_sampler_and_spacing_offered():
     from nodes.sampling import _sampling_inputs
 
-    offered = _sampling_inputs(steps=30, cfg=7.0)
-    assert set(offered["sampler"][0]) == set(SAMPLERS)
-    assert set(offered["schedule"][0]) == set(SPACINGS) == set(STEPS) | set(ALIASES) | set(IF_PRESETS)
+    offered = _sampling_inputs()
+    assert offered["sampler"][0][0] == offered["schedule"][0][0] == "auto"  # the stage's recommended, first
+    assert set(offered["sampler"][0][1:]) == set(SAMPLERS)
+    assert set(offered["schedule"][0][1:]) == set(SPACINGS) == set(STEPS) | set(ALIASES) | set(IF_PRESETS)
     for alias, spacing in ALIASES.items():
         assert torch.equal(get_sigmas(SCHEDULE, alias, 10), get_sigmas(SCHEDULE, spacing, 10))
 

@@ -4,190 +4,33 @@
 
 Starts ``main.py --cpu`` on a free port with an ``--extra-model-paths-config`` that adds this repository as a
 custom-nodes folder and a models folder of tiny random stages under the demo's file names (so it runs in seconds on a
-CPU), and ``--input-directory workflows/input``. Checks: the pack imports without failure; ``/object_info`` lists
+CPU), and an empty ``--input-directory`` (a fresh install's). Checks: the pack imports without failure; ``/object_info`` lists
 every node; every workflow runs via ``/prompt`` to a saved image (the DeepFloyd one only where IF's files and the SD x4
 upscaler are installed); progress and preview events arrive on the websocket; ``/interrupt`` stops a long run; bad
 input gives a node error with our message and the server keeps serving.
 """
 from __future__ import annotations
 
-import base64
 import json
-import os
-import socket
-import struct
-import subprocess
-import sys
+import shutil
 import time
-import urllib.error
-import urllib.request
-import uuid
-from pathlib import Path
 
 import pytest
 
 from tests import comfy_helpers as ch
-from tests.comfy_helpers import DEMO_NAMES, write_tiny_stage, write_tiny_t5
+from tests.comfy_helpers import DEMO_NAMES
+from tests.comfy_server import COMFYUI, T5XXL_TINY, free_port, start_comfyui
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the server tests")
-PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
-START_TIMEOUT = 240
-RUN_TIMEOUT = 600
 PREVIEW_IMAGE = 1  # ComfyUI's BinaryEventTypes.PREVIEW_IMAGE
-T5XXL_TINY = "t5xxl_tiny_fp16.safetensors"  # a t5xxl-style name with T5 v1.1's SentencePiece-sized vocabulary
-
-
-# ------------------------------------------------------------------------------------------------ minimal websocket
-class WebSocket:
-    """Just enough of RFC 6455 to read ComfyUI's events: text frames as dicts, binary frames as (type, bytes)."""
-
-    def __init__(self, port: int, client_id: str):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=RUN_TIMEOUT)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                          .encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += self.sock.recv(1)
-        assert b" 101 " in head.split(b"\r\n")[0], head
-
-    def _read(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("websocket closed")
-            data += chunk
-        return data
-
-    def receive(self):
-        message, opcode = b"", None
-        while True:
-            b0, b1 = self._read(2)
-            opcode = opcode or (b0 & 0x0F)
-            n = b1 & 0x7F
-            if n == 126:
-                n = struct.unpack(">H", self._read(2))[0]
-            elif n == 127:
-                n = struct.unpack(">Q", self._read(8))[0]
-            message += self._read(n)
-            if b0 & 0x80:
-                break
-        if opcode == 1:
-            return json.loads(message)
-        if opcode == 2:
-            return struct.unpack(">I", message[:4])[0], message[4:]
-        return None  # ping / pong / close
-
-    def close(self):
-        self.sock.close()
-
-
-# ------------------------------------------------------------------------------------------------ server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, port: int, log: Path):
-        self.port, self.log = port, log
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url(path), timeout=60) as r:
-            return json.loads(r.read())
-
-    def post(self, path: str, payload: dict):
-        request = urllib.request.Request(self.url(path), data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as r:
-                body = r.read()
-                return r.status, (json.loads(body) if body.strip() else {})
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def history(self, prompt_id: str) -> dict:
-        """The prompt's history entry (written just after its execution_success event, so poll briefly)."""
-        for _ in range(100):
-            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
-            if entry:
-                return entry
-            time.sleep(0.1)
-        raise AssertionError(f"no history for prompt {prompt_id}")
-
-    def run(self, prompt: dict, *, interrupt_after_progress: bool = False) -> tuple[str, list]:
-        """Queue a prompt and collect its websocket events until it ends; returns (prompt_id, events)."""
-        client_id = uuid.uuid4().hex
-        ws = WebSocket(self.port, client_id)
-        try:
-            status, answer = self.post("/prompt", {"prompt": prompt, "client_id": client_id})
-            assert status == 200, answer
-            prompt_id, events = answer["prompt_id"], []
-            while True:
-                event = ws.receive()
-                if event is None:
-                    continue
-                events.append(event)
-                if interrupt_after_progress and isinstance(event, dict) and event["type"] == "progress":
-                    self.post("/interrupt", {})
-                    interrupt_after_progress = False
-                if isinstance(event, dict) and event.get("data", {}).get("prompt_id") == prompt_id and (
-                        event["type"] in ("execution_success", "execution_error", "execution_interrupted")):
-                    return prompt_id, events
-        finally:
-            ws.close()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("comfy")
-    custom = root / "custom_nodes"
-    custom.mkdir()
-    (custom / "comfyui-imagen").symlink_to(ch.ROOT, target_is_directory=True)
-    models = root / "models"
-    (models / "imagen").mkdir(parents=True)
-    (models / "text_encoders").mkdir()
-    write_tiny_stage(models / "imagen" / DEMO_NAMES["base"], "base")
-    write_tiny_stage(models / "imagen" / DEMO_NAMES["sr"], "sr")
-    write_tiny_t5(models / "text_encoders" / DEMO_NAMES["t5"])
-    write_tiny_t5(models / "text_encoders" / T5XXL_TINY, vocab_size=32128)  # no tokenizer beside it
-    config = root / "extra_model_paths.yaml"
-    config.write_text(f"imagen_test:\n    base_path: {models}\n    imagen: imagen\n    text_encoders: text_encoders\n"
-                      f"    custom_nodes: {custom}\n")
-    port, log = _free_port(), root / "comfyui.log"
-    (root / "user").mkdir()
-    with open(log, "w") as out:  # everything ComfyUI writes goes to root: the checkout is only read
-        process = subprocess.Popen(
-            [PYTHON, "main.py", "--cpu", "--port", str(port), "--listen", "127.0.0.1", "--extra-model-paths-config",
-             str(config), "--input-directory", str(ch.INPUT_DIR), "--output-directory", str(root / "output"),
-             "--temp-directory", str(root / "temp"), "--user-directory", str(root / "user"),
-             "--database-url", "sqlite:///:memory:", "--disable-auto-launch"],
-            cwd=COMFYUI, stdout=out, stderr=subprocess.STDOUT)
-    srv = Server(port, log)
-    deadline = time.time() + START_TIMEOUT
-    while True:
-        try:
-            srv.get("/system_stats")
-            break
-        except (urllib.error.URLError, ConnectionError, OSError):
-            if process.poll() is not None or time.time() > deadline:
-                process.kill()
-                pytest.fail(f"ComfyUI did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
-    srv.output = root / "output"
-    yield srv
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    """ComfyUI with this pack, tiny models under the demo names and an empty input folder."""
+    with start_comfyui(tmp_path_factory.mktemp("comfy"), tmp_path_factory.mktemp("input"),
+                       port=free_port(8300, 8399)) as srv:
+        yield srv
 
 
 def test_pack_imports_and_lists_every_node(server):
@@ -200,8 +43,8 @@ def test_pack_imports_and_lists_every_node(server):
     for node_id in NODE_CLASS_MAPPINGS:
         assert node_id in info, node_id
         assert info[node_id]["category"].startswith("imagen/")
-    assert DEMO_NAMES["base"] in info["ImagenModelLoader"]["input"]["required"]["model_name"][0]
-    assert DEMO_NAMES["t5"] in info["ImagenT5Loader"]["input"]["required"]["t5_name"][0]
+    assert DEMO_NAMES["base"] in combo_choices(info["ImagenModelLoader"]["input"]["required"]["model_name"])
+    assert DEMO_NAMES["t5"] in combo_choices(info["ImagenT5Loader"]["input"]["required"]["t5_name"])
 
 
 def _quick(name: str) -> dict:
@@ -213,12 +56,15 @@ def _quick(name: str) -> dict:
 @pytest.mark.parametrize("path", sorted(ch.API_DIR.glob("*.json")), ids=lambda p: p.stem)
 def test_every_workflow_runs_to_a_saved_image(server, path):
     prompt = ch.load_json(path)
-    if "deepfloyd" in path.stem:
+    missing = {n["class_type"] for n in prompt.values()} - set(server.get("/object_info"))
+    if missing:  # ImageCropV2 (the crop template) arrived in ComfyUI 0.14
+        pytest.skip(f"this ComfyUI has no {sorted(missing)}")
+    if "DeepFloyd" in path.stem:
         info = server.get("/object_info")
         wanted = {n["inputs"].get("ckpt_name") or n["inputs"].get("model_name") or n["inputs"].get("t5_name")
                   for n in prompt.values() if n["class_type"].endswith(("Loader", "LoaderSimple"))}
         offered = {v for node in ("ImagenModelLoader", "ImagenT5Loader", "CheckpointLoaderSimple")
-                   for v in next(iter(info[node]["input"]["required"].values()))[0]}
+                   for v in combo_choices(next(iter(info[node]["input"]["required"].values())))}
         if not wanted <= offered:
             pytest.skip(f"needs {sorted(wanted - offered)} installed in ComfyUI's models folders")
     else:
@@ -231,7 +77,7 @@ def test_every_workflow_runs_to_a_saved_image(server, path):
 
 
 def test_progress_and_previews_arrive(server):
-    prompt = _quick("imagen_base_64")
+    prompt = _quick("Imagen text to image")
     for node in prompt.values():
         if node["class_type"] == "ImagenBaseSampler":
             node["inputs"]["steps"] = 4
@@ -245,7 +91,7 @@ def test_progress_and_previews_arrive(server):
 
 
 def test_interrupt_stops_a_long_run_and_the_server_keeps_serving(server):
-    prompt = _quick("imagen_base_64")
+    prompt = _quick("Imagen text to image")
     for node in prompt.values():
         if node["class_type"] == "ImagenBaseSampler":
             node["inputs"].update(steps=1000, seed=123)
@@ -278,13 +124,107 @@ def test_t5xxl_file_without_a_tokenizer_uses_comfyuis_bundled_one(server):
 
 
 def test_bad_input_is_a_node_error_and_the_server_keeps_serving(server):
-    prompt = _quick("imagen_cascade_64_256_1024")
+    prompt = _quick("Imagen cascade to 1024 px")
     base_loader = next(k for k, n in prompt.items() if n["inputs"].get("model_name") == DEMO_NAMES["base"])
     for node in prompt.values():
         if node["class_type"] == "ImagenSuperResolution":
             node["inputs"]["model"] = [base_loader, 0]
     _, events = server.run(prompt)
     assert events[-1]["type"] == "execution_error"
-    assert "super-resolution stage" in events[-1]["data"]["exception_message"]
-    _, events = server.run(_quick("imagen_base_64"))
+    assert events[-1]["data"]["exception_message"].startswith("Imagen Super-Resolution needs a super-resolution stage")
+    _, events = server.run(_quick("Imagen text to image"))
+    assert events[-1]["type"] == "execution_success"
+
+
+def test_a_missing_model_is_refused_naming_its_folder(server):
+    """Our loaders' own check runs instead of ComfyUI's "Value not in list", so the refusal says where the file goes
+    (and names earlier versions listed still run)."""
+    prompt = _quick("Imagen text to image")
+    loader = next(n for n in prompt.values() if n["class_type"] == "ImagenModelLoader")
+    loader["inputs"]["model_name"] = "IF-I-XL-v1.0/unet/diffusion_pytorch_model.fp16.safetensors"
+    status, answer = server.post("/prompt", {"prompt": prompt})
+    assert status == 400, answer
+    assert "Imagen Model Loader: " in json.dumps(answer) and "models/imagen" in json.dumps(answer), answer
+    _, events = server.run(_quick("Imagen text to image"))
+    assert events[-1]["type"] == "execution_success"
+
+
+# ------------------------------------------------------------------------------------------------ node API
+def combo_choices(spec: list) -> list:
+    """A combo input's entries in /object_info: V1 serves [entries, options], V3 ["COMBO", {"options": entries}]."""
+    kind, options = (list(spec) + [{}])[:2]
+    return list(options.get("options", ())) if kind == "COMBO" else list(kind)
+
+
+def _text_to_image(**model_loader_inputs) -> dict:
+    """T5 -> text encode -> base sampler (2 steps) -> SaveImage on the tiny models, independent of the workflow
+    files; inputs not given here get their declared defaults."""
+    from nodes import NODE_CLASS_MAPPINGS
+
+    graph = {"1": ("ImagenT5Loader", {"t5_name": DEMO_NAMES["t5"]}),
+             "2": ("ImagenTextEncode", {"t5": ["1", 0], "prompt": "a red circle"}),
+             "3": ("ImagenModelLoader", {"model_name": DEMO_NAMES["base"], **model_loader_inputs}),
+             "4": ("ImagenBaseSampler", {"model": ["3", 0], "embeds": ["2", 0], "steps": 2}),
+             "5": ("SaveImage", {"images": ["4", 0], "filename_prefix": "imagen/node-api"})}
+    prompt = {}
+    for key, (class_type, given) in graph.items():
+        declared = NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()["required"] if class_type.startswith("Imagen") else {}
+        defaults = {name: spec[1].get("default", spec[0][0] if isinstance(spec[0], list) else None)
+                    for name, spec in declared.items() if name not in given}
+        prompt[key] = {"class_type": class_type, "inputs": {**defaults, **given}}
+    return prompt
+
+
+def test_nodes_are_loaded_with_v3_where_the_server_has_it_else_v1(server):
+    """The pack exports comfy_entrypoint where the server has comfy_api.latest and NODE_CLASS_MAPPINGS where it does
+    not; either way /object_info lists our ids with the inputs of the V1 declaration, in its order. A V3 combo is
+    served as ["COMBO", {"options": ..., "multiselect": false}], a V1 one (our declarations) as [entries, {...}]."""
+    from nodes import NODE_CLASS_MAPPINGS
+    from tests.test_nodes_v3 import server_has_v3
+
+    info = server.get("/object_info")
+    forms = set()
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        declared = cls.INPUT_TYPES()
+        served = {section: names for section, names in info[node_id]["input_order"].items() if section != "hidden"}
+        assert served == {section: list(inputs) for section, inputs in declared.items()}, node_id
+        for inputs in info[node_id]["input"].values():
+            forms |= {"v3" if spec[0] == "COMBO" and "multiselect" in spec[1] else "v1"
+                      for spec in inputs.values() if spec[0] == "COMBO" or isinstance(spec[0], list)}
+    assert forms == {"v3" if server_has_v3(COMFYUI) else "v1"}
+    ours = [line for line in server.log.read_text().splitlines() if "comfyui-imagen" in line]
+    assert not [line for line in ours if "comfy_entrypoint" in line or "Skip" in line], ours
+
+
+def test_model_lists_are_reread_when_the_node_list_is_refreshed(server):
+    """A stage file added while the server runs is listed by the next /object_info (the browser's R) and runs."""
+    folder = server.log.parent / "models" / "imagen"
+    added = folder / "imagen-added-while-running.safetensors"
+    shutil.copy(folder / DEMO_NAMES["base"], added)
+    try:
+        info = server.get("/object_info/ImagenModelLoader")["ImagenModelLoader"]
+        assert added.name in combo_choices(info["input"]["required"]["model_name"])
+        _, events = server.run(_text_to_image(model_name=added.name))
+        assert events[-1]["type"] == "execution_success", events[-1]["data"].get("exception_message")
+    finally:
+        added.unlink()
+    info = server.get("/object_info/ImagenModelLoader")["ImagenModelLoader"]
+    assert added.name not in combo_choices(info["input"]["required"]["model_name"])
+
+
+def test_a_value_not_among_a_combos_choices_is_refused_naming_the_choices(server):
+    """Refused before the run (V1; V3 on servers that check V3 combos) or by the node (V3 on 0.3.64, which does
+    not): either way with the choices, and the server keeps serving."""
+    status, answer = server.post("/prompt", {"prompt": _text_to_image(dtype="fp12")})
+    if status == 200:
+        deadline = time.time() + 120
+        while not (entry := server.get(f"/history/{answer['prompt_id']}").get(answer["prompt_id"])):
+            assert time.time() < deadline, "the prompt did not finish"
+            time.sleep(0.2)
+        assert entry["status"]["status_str"] == "error"
+        answer = entry["status"]["messages"]
+    else:
+        assert status == 400
+    assert "fp12" in json.dumps(answer) and "bf16" in json.dumps(answer), answer
+    _, events = server.run(_text_to_image())
     assert events[-1]["type"] == "execution_success"

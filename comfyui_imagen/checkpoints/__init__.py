@@ -7,8 +7,9 @@ the native one. `Stage` and `StageConfig` live in `comfyui_imagen.stage` (re-exp
 from ..stage import Stage, StageConfig
 from .errors import CheckpointError
 from .if_stages import IF_DEFAULTS, IF_STAGES, if_stage_config
-from .loader import STAGE_DTYPES, classify, load_stage
+from .loader import AUTO, STAGE_DTYPES, classify, load_stage, loaded_plan, peek_stage, stage_plan
 from .native import read_train_config, save_stage
 
-__all__ = ["CheckpointError", "IF_DEFAULTS", "IF_STAGES", "STAGE_DTYPES", "Stage", "StageConfig", "classify", "if_stage_config",
-           "load_stage", "read_train_config", "save_stage"]
+__all__ = ["AUTO", "CheckpointError", "IF_DEFAULTS", "IF_STAGES", "STAGE_DTYPES", "Stage", "StageConfig", "classify",
+           "if_stage_config", "load_stage", "loaded_plan", "peek_stage", "read_train_config", "save_stage",
+           "stage_plan"]

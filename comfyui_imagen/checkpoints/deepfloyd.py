@@ -296,7 +296,7 @@ def find_unet_folder(folder: Path) -> tuple[Path, Path | None]:
 
 def find_weight_file(unet_dir: Path, dtype: torch.dtype | None) -> Path:
     names = list(WEIGHT_FILES)
-    if dtype == torch.float16:  # fp16 requested: read the fp16 variant first if it is there
+    if dtype in (torch.float16, torch.bfloat16):  # half precision requested: read the fp16 variant first if there
         names.sort(key=lambda n: ".fp16." not in n)
     for name in names:
         if (unet_dir / name).is_file():
@@ -370,7 +370,15 @@ def load_if_file(weights: Weights, dtype: torch.dtype | None = None) -> Stage:
     if cfg_file is not None:
         cfg = _read_config(cfg_file)
         unet_config = unet_config_from_diffusers(cfg, cfg_file)
-        stage = _stage(unet_config, cfg, weights.path.stem, cfg_file)
+        # a weights file of a diffusers folder (how the loaders list IF stages: IF-I-XL-v1.0/unet/diffusion_pytorch_
+        # model.fp16.safetensors) is that folder's model: its root's name and scheduler config, as the folder's
+        root = weights.path.parent.parent if cfg_file.name == "config.json" and weights.path.parent.name == "unet" \
+            else None
+        stage = _stage(unet_config, cfg, root.name if root else weights.path.stem, cfg_file)
+        try:
+            stage = stage.replace(**_scheduler_overrides(root, weights.path))
+        except ValueError as e:
+            raise CheckpointError(f"{weights.path}: the scheduler config does not fit the U-Net: {e}") from e
         try:
             unet = build_on_meta(lambda: ImagenUNet(unet_config), weights, dtype=dtype)
         except CheckpointError as e:

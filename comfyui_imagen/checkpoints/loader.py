@@ -10,15 +10,19 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import files
+from .. import files, layercast
+from ..dtypes import DtypePlan, stage_dtypes
 from ..stage import Stage
-from .deepfloyd import load_diffusers_folder, load_if_file
+from .deepfloyd import find_unet_folder, find_weight_file, load_diffusers_folder, load_if_file
 from .errors import CheckpointError
 from .native import is_native, load_native
+from .tensors import shapes_only
 
-# load_stage's dtype choices by name ("default" keeps the stored dtype): what the loader node offers
-STAGE_DTYPES = {"default": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-COMPUTE_DTYPES = (*STAGE_DTYPES.values(), torch.float64)  # what a U-Net can compute in (float64: parity work)
+AUTO = "auto"  # load_stage's dtype for "the device's choice" (`comfyui_imagen.dtypes.stage_dtypes`)
+# load_stage's dtype choices by name: what the loader node offers. "default" is the device's choice (bf16 for IF's
+# fp16 files on a CPU with native bf16, fp32 cast per layer on other CPUs, fp16 on CUDA; fp32 files stay fp32)
+STAGE_DTYPES = {"default": AUTO, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPUTE_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: parity work
 
 # The seam of the file side: each stage family's reader, by what `files.identify` / `files.folder_family` call it.
 # A new model family adds its reader here (and its key test in `files.families`); nothing else changes.
@@ -42,28 +46,71 @@ def classify(weights: files.Weights) -> str:
                           f"found keys like {sample}")
 
 
-def load_stage(path: str | os.PathLike, dtype: torch.dtype | None = None) -> Stage:
+def load_stage(path: str | os.PathLike, dtype: torch.dtype | str | None = None, *,
+               device: str | torch.device = "cpu") -> Stage:
     """Load a cascade stage from any supported source, on the CPU, in eval mode, without gradients.
 
     path: a comfyui-imagen ``.safetensors`` stage (config in its metadata); a DeepFloyd IF diffusers folder (the model
     root or its ``unet/``); or a lone IF U-Net file (``.safetensors``, or a ``.bin``/``.pt`` pickle read with
     ``weights_only=True``), its config inferred from tensor shapes (or read from a config.json beside it). dtype:
-    cast floating weights to it (one of `COMPUTE_DTYPES`; default: keep the stored dtype, e.g. fp16 stays fp16;
-    the node offers `STAGE_DTYPES`). The weights are read into memory (materialised), not mapped. Raises `CheckpointError` (a
-    ValueError) naming the file and the fix.
+    None keeps the stored dtype (fp16 stays fp16); one of `COMPUTE_DTYPES` casts the floating weights to it;
+    ``"auto"`` (`AUTO`) is the choice for running on ``device`` (`stage_plan`: bf16 for fp16 files on a CPU with
+    native bf16, fp32 compute with the weights kept as stored and cast per layer on other CPUs, fp16 on CUDA; fp32
+    files stay fp32). The node offers `STAGE_DTYPES`. The weights are read into memory (materialised), not mapped.
+    Raises `CheckpointError` (a ValueError) naming the file and the fix.
     """
-    if dtype not in COMPUTE_DTYPES:
-        raise CheckpointError(f"dtype must be one of {[str(d) for d in COMPUTE_DTYPES]} (None keeps the file's); "
-                              f"got {dtype!r}")
+    if dtype != AUTO and dtype not in COMPUTE_DTYPES:
+        raise CheckpointError(f"dtype must be one of {[str(d) for d in COMPUTE_DTYPES]} (None keeps the file's) or "
+                              f"{AUTO!r} (the device's choice); got {dtype!r}")
     p = Path(path).expanduser()
     with files.raised_as(CheckpointError):
         if not p.exists():
             raise CheckpointError(f"{p} does not exist: put the stage file in ComfyUI's models/imagen folder (or give "
                                   "the full path to a DeepFloyd IF model folder)")
+        plan = stage_plan(p, device) if dtype == AUTO else None
+        storage = plan.storage if plan else dtype
         if p.is_dir():
             family = files.folder_family(p)
             if family is not None and family.name not in FOLDER_READERS:
                 raise CheckpointError(f"{p} looks like {family.what}: {family.advice}")
-            return FOLDER_READERS[family.name if family else files.UNET_FOLDER.name](p, dtype)
-        weights = files.open_weights(p)
-        return FILE_READERS[classify(weights)](weights, dtype)
+            stage = FOLDER_READERS[family.name if family else files.UNET_FOLDER.name](p, storage)
+        else:
+            weights = files.open_weights(p)
+            stage = FILE_READERS[classify(weights)](weights, storage)
+    if plan is not None and plan.cast_per_layer:
+        # the U-Net computes in its input convolution's dtype: that (small) layer is converted, the rest cast per call
+        layercast.cast_per_layer(stage.unet, plan.compute, resident=[stage.unet.conv_in])
+    return stage
+
+
+def peek_stage(path: str | os.PathLike) -> Stage:
+    """What `load_stage` would load, without its weights: the config (and recommended settings) from the file's
+    metadata or config.json, keys and shapes checked against the file's header, the U-Net on the meta device (no
+    memory). For listing and describing a stage before it is needed (the loader node loads it when it samples)."""
+    with shapes_only():
+        return load_stage(path)
+
+
+def stored_dtype(path: str | os.PathLike) -> torch.dtype:
+    """The floating dtype a stage is stored in (most of its bytes), from the file's header alone. For a diffusers
+    folder, the weights `load_stage` reads for a half-precision load (the ``.fp16`` variant when it is there)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        unet_dir, _ = find_unet_folder(p)
+        p = find_weight_file(unet_dir, torch.float16)
+    return files.open_weights(p).storage_dtype()
+
+
+def stage_plan(path: str | os.PathLike, device: str | torch.device = "cpu") -> DtypePlan:
+    """The storage and compute dtypes ``load_stage(path, "auto", device=device)`` uses (`dtypes.stage_dtypes`)."""
+    with files.raised_as(CheckpointError):
+        return stage_dtypes(stored_dtype(path), device)
+
+
+def loaded_plan(stage: Stage) -> DtypePlan:
+    """How a loaded stage holds and runs its weights: the dtype of most of its bytes, and the dtype it computes in
+    (its input convolution's)."""
+    sizes: dict[torch.dtype, int] = {}
+    for param in stage.unet.parameters():
+        sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel() * param.element_size()
+    return DtypePlan(max(sizes, key=sizes.get), stage.unet.conv_in.weight.dtype)

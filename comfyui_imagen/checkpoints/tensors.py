@@ -7,8 +7,10 @@ from here.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -17,7 +19,21 @@ from ..checks import all_finite
 from ..files import Weights, load_pickle_state_dict, open_weights
 from .errors import CheckpointError
 
-__all__ = ["Weights", "build_on_meta", "check_finite", "load_pickle_state_dict", "open_weights", "storage_dtype"]
+__all__ = ["Weights", "build_on_meta", "check_finite", "load_pickle_state_dict", "open_weights", "shapes_only",
+           "storage_dtype"]
+
+_SHAPES_ONLY = contextvars.ContextVar("comfyui_imagen_shapes_only", default=False)
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """Inside: `build_on_meta` checks keys and shapes and returns the model on the meta device, reading no weights
+    (what a stage is, from its config and file header alone: `checkpoints.peek_stage`)."""
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
 
 
 def storage_dtype(weights: Weights) -> torch.dtype:
@@ -51,6 +67,8 @@ def build_on_meta(factory: Callable[[], nn.Module], weights: Weights, *, dtype: 
             ("missing", missing), ("unexpected", unexpected),
             ("wrong shape", [f"{k} {weights.shapes[k]} != {expected[k]}" for k in wrong])) if keys)
         raise CheckpointError(f"{weights.path}: tensors do not fit the U-Net its config describes ({detail})")
+    if _SHAPES_ONLY.get():
+        return model.eval().requires_grad_(False)
     state = {}
     for key in weights.keys():
         like = meta_state[key]

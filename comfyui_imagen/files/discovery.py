@@ -1,10 +1,11 @@
 """Finding model files in folders: what a models folder offers, and the path behind a listed name.
 
-The names are relative to the folder searched (``IF-I-XL-v1.0``, ``sub/my_stage.safetensors``), so a saved workflow
-names a model the same way on every machine. A model folder is listed by its root (``IF-I-XL-v1.0``, whether or not
-it has ``model_index.json``; without it also as ``IF-I-XL-v1.0/unet``, the name earlier versions offered, which saved
-workflows may hold) and its files are not listed again; a DeepFloyd IF root also offers its
-``text_encoder/`` as a T5. Bundled files (the demo cascade) are passed in by the caller and listed after the user's
+The names are relative to the folder searched (``sub/my_stage.safetensors``), so a saved workflow names a model the
+same way on every machine. A DeepFloyd IF model folder is listed by its U-Net weight files
+(``IF-I-XL-v1.0/unet/diffusion_pytorch_model.fp16.safetensors``: ComfyUI's frontend checks a workflow's models only
+by names that end in a weights suffix, and then names the file and its folder in its Missing Models panel); the
+names earlier versions listed (``IF-I-XL-v1.0``, ``IF-I-XL-v1.0/unet``) still resolve. A DeepFloyd IF root also
+offers its ``text_encoder/`` as a T5. Bundled files (the demo cascade) are passed in by the caller and listed after the user's
 own; a user file of the same name wins. Folders are given by the caller too: nothing here knows ComfyUI.
 """
 from __future__ import annotations
@@ -15,14 +16,16 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import ModelFileError
-from .families import IF_PIPELINE, PIPELINE_FILE, T5_FOLDER, UNET_FOLDER, folder_family
+from .families import IF_PIPELINE, T5_FOLDER, UNET_FOLDER, folder_family
 from .reader import GGUF_SUFFIXES, WEIGHT_SUFFIXES
 
+UNET_WEIGHTS = "diffusion_pytorch_model"  # how diffusers names a U-Net's weight files (and its .fp16 variants)
 T5_SUFFIXES = WEIGHT_SUFFIXES + GGUF_SUFFIXES  # a T5 file is also read from GGUF (ComfyUI-GGUF's T5 encoders)
 
-WHERE_MODELS_GO = ("Put stage files and DeepFloyd IF folders (e.g. IF-I-M-v1.0/, IF-II-M-v1.0/) in "
-                   "ComfyUI/models/imagen/ and T5 files (e.g. t5xxl_fp16.safetensors) in "
-                   "ComfyUI/models/text_encoders/, then press R to refresh the lists")
+WHERE_MODELS_GO = ("Put stage files and DeepFloyd IF folders (e.g. IF-I-XL-v1.0/ with its unet/ and text_encoder/, "
+                   "from huggingface.co/DeepFloyd after accepting its license) in ComfyUI/models/imagen/ and T5 "
+                   "files (e.g. t5xxl_fp16.safetensors) in ComfyUI/models/text_encoders/, then press R to refresh "
+                   "the lists")
 
 
 @dataclass(frozen=True)
@@ -58,17 +61,27 @@ def _join(rel: str, name: str) -> str:
     return name if rel == "." else f"{rel}/{name}"
 
 
+def _unet_entries(rel: str, unet: str, dirpath: str) -> list[str]:
+    """A model folder's entries: the weight files of its U-Net folder ``unet`` (``IF-I-XL-v1.0/unet/diffusion_
+    pytorch_model.fp16.safetensors``), so that every entry names a file; the folder ``rel`` itself when they are
+    sharded (or absent)."""
+    folder = os.path.join(dirpath, unet)
+    names = sorted(n for n in os.listdir(folder) if n.startswith(UNET_WEIGHTS) and is_weight_file(n)) \
+        if os.path.isdir(folder) else []
+    return [_join(_join(rel, unet) if unet != "." else rel, n) for n in names] or [rel]
+
+
 def scan_folder(root: str | Path) -> Found:
     """Stage entries and T5 folders under one models folder (``models/imagen``); nothing when it is missing."""
     stages, t5 = [], []
     for rel, dirpath, dirnames, filenames in _walk(root):
         family = folder_family(dirpath) if rel != "." else None
-        if family in (IF_PIPELINE, UNET_FOLDER):
-            stages.append(rel)
-            if family is IF_PIPELINE and not os.path.isfile(os.path.join(dirpath, PIPELINE_FILE)):
-                stages.append(rel + "/unet")  # how earlier versions listed such a root: saved workflows name it
-            if family is IF_PIPELINE and folder_family(os.path.join(dirpath, "text_encoder")) is T5_FOLDER:
+        if family is IF_PIPELINE:
+            stages += _unet_entries(rel, "unet", dirpath)
+            if folder_family(os.path.join(dirpath, "text_encoder")) is T5_FOLDER:
                 t5.append(rel + "/text_encoder")
+        elif family is UNET_FOLDER:
+            stages += _unet_entries(rel, ".", dirpath)
         elif family is T5_FOLDER:
             t5.append(rel)
         else:

@@ -20,9 +20,11 @@ from typing import NamedTuple, Sequence
 import torch
 
 from ..checks import all_finite, check_text
+from ..dtypes import cpu_has_fast_bf16  # native bf16 from the CPU's flags (oneDNN says yes where it emulates)
 from ..files import raised_as
 from .cleaning import PREPROCESS_MODES, Preprocess, preprocess
 from .config import describe
+from .emphasis import clean_pieces, has_weights, is_plain, prompt_pieces, token_weight_row, weigh_from_empty
 from .errors import TextEncoderError, TextEncoderWarning
 from .fp8 import is_fp8
 from .model import T5Encoder
@@ -50,14 +52,6 @@ class TextEmbeds(NamedTuple):
         """Move/cast the embeddings (``Tensor.to`` arguments); the mask only follows the device."""
         embeds = self.embeds.to(*args, **kwargs)
         return TextEmbeds(embeds, self.mask.to(embeds.device))
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX-512 BF16 / AMX class hardware)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def pick_compute_dtype(weight_dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
@@ -174,14 +168,17 @@ class T5TextEncoder:
     def tokenize(self, prompts: str | Sequence[str], max_length: int = 77, *, _stacklevel: int = 2):
         """`TokenBatch` for already preprocessed prompts, with a warning for truncated ones and unknown characters."""
         prompts = _as_prompt_list(prompts)
-        content = self.tokenizer.tokenize(prompts)
+        return self._pad(self.tokenizer.tokenize(prompts), max_length, _stacklevel + 1)
+
+    def _pad(self, content: list[list[int]], max_length: int, stacklevel: int):
+        """`pad_and_truncate` of content ids, warning (at ``stacklevel``) for truncated rows and unknown tokens."""
         batch = pad_and_truncate(content, max_length, pad_id=self.tokenizer.pad_id, eos_id=self.tokenizer.eos_id)
         cut = [(i, n) for i, n in enumerate(batch.dropped) if n > 0]
         if cut:
             detail = ", ".join(f"prompt {i + 1}: {n} of {n + max_length} tokens dropped" for i, n in cut)
             warnings.warn(f"prompt longer than max_length={max_length} tokens was truncated ({detail}); shorten it "
                           "or raise max_length (IF was trained with 77, imagen-pytorch uses up to 256)",
-                          TextEncoderWarning, stacklevel=_stacklevel)
+                          TextEncoderWarning, stacklevel=stacklevel)
         unk = self.tokenizer.unk_id
         if unk is not None:
             unknown = [(i, sum(t == unk for t in ids)) for i, ids in enumerate(content)]
@@ -190,18 +187,18 @@ class T5TextEncoder:
                 detail = ", ".join(f"prompt {i + 1}: {n}" for i, n in unknown)
                 warnings.warn(f"characters unknown to the tokenizer were encoded as <unk> ({detail}); T5's "
                               "vocabulary covers English, German, French and Romanian", TextEncoderWarning,
-                              stacklevel=_stacklevel)
+                              stacklevel=stacklevel)
         top = int(batch.ids.max())
         if top >= self.config.vocab_size:
             raise TextEncoderError(f"tokenizer {self.tokenizer.name} produced id {top} but the model has only "
                                    f"{self.config.vocab_size} embeddings; use the model's own tokenizer")
         return batch
 
-    def _run(self, texts: list[str], max_length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        batch = self.tokenize(texts, max_length, _stacklevel=4)   # warnings point at encode's caller
+    def _forward(self, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(embeds [L, D] float32, mask [L]) per row of a `TokenBatch`, ``batch_size`` rows per T5 pass."""
         rows = []
         with torch.no_grad():   # not inference_mode: trainers feed these embeddings to modules under autograd
-            for start in range(0, len(texts), self.batch_size):
+            for start in range(0, len(batch.ids), self.batch_size):
                 ids = batch.ids[start:start + self.batch_size].to(self.device)
                 mask = batch.mask[start:start + self.batch_size].to(self.device)
                 hidden = self.model(ids, mask).float()
@@ -212,13 +209,55 @@ class T5TextEncoder:
                 rows.extend(zip(hidden.unbind(0), mask.unbind(0)))
         return rows
 
+    def _run(self, keys: list, max_length: int, empty) -> dict:
+        """Encodings of cache keys in one T5 batch: a str is a plain prompt, a tuple the weighted pieces of one
+        (`emphasis.prompt_pieces`), tokenized piece by piece and concatenated as ComfyUI does, its weighted positions
+        then moved along the line from ``empty``, the empty prompt's (embeds, mask) at this length (None when no
+        key weighs other than 1)."""
+        plain = [k for k in keys if isinstance(k, str)]
+        weighted = [k for k in keys if not isinstance(k, str)]
+        ids = self.tokenizer.tokenize(plain + [text for k in weighted for text, _ in k])
+        plain_ids, piece_ids = dict(zip(plain, ids)), iter(ids[len(plain):])
+        content, weights = [], {}
+        for key in keys:
+            if isinstance(key, str):
+                content.append(plain_ids[key])
+                continue
+            pieces = [next(piece_ids) for _ in key]
+            content.append([i for piece in pieces for i in piece])
+            if has_weights(key):
+                weights[key] = token_weight_row([len(p) for p in pieces], [w for _, w in key], max_length)
+        rows = dict(zip(keys, self._forward(self._pad(content, max_length, stacklevel=4))))
+        for key, row_weights in weights.items():
+            hidden, mask = rows[key]
+            hidden = weigh_from_empty(hidden, empty[0], row_weights.to(hidden.device))
+            if not all_finite(hidden):
+                raise TextEncoderError("prompt weights made the T5 embeddings overflow; lower the (text:weight) "
+                                       "numbers in the prompt")
+            rows[key] = (hidden, mask)
+        return rows
+
+    def _prompt_key(self, prompt: str, preprocess_mode: Preprocess, emphasis: bool):
+        """A prompt's cache key: its preprocessed text, or (with emphasis, weights or several pieces) its pieces."""
+        if not emphasis:
+            return preprocess(prompt, preprocess_mode)
+        if preprocess_mode == "clean":   # the cleaner removes parentheses: parse first, clean each piece
+            pieces = clean_pieces(prompt_pieces(prompt, stacklevel=4))
+        else:
+            pieces = prompt_pieces(preprocess(prompt, preprocess_mode), stacklevel=4)
+        if not is_plain(pieces):
+            return pieces
+        return pieces[0][0] if pieces else ""
+
     def encode(self, prompts: str | Sequence[str], max_length: int = 77, *, preprocess_mode: Preprocess = "lower",
-               zero_padding: bool = False) -> TextEmbeds:
+               zero_padding: bool = False, emphasis: bool = False) -> TextEmbeds:
         """Encode prompts to `TextEmbeds` of length ``max_length`` (padded; truncated with a warning).
 
         ``preprocess_mode``: "lower" lower-cases and strips as IF's pipeline does by default, "clean" runs IF's caption
         cleaner, "none" leaves the text alone. ``zero_padding`` zeroes the embeddings of padding positions
-        (imagen-pytorch); IF keeps them. "" is a valid prompt: the unconditional embedding.
+        (imagen-pytorch); IF keeps them. "" is a valid prompt: the unconditional embedding. ``emphasis`` reads
+        ComfyUI's prompt weights, ``(red:1.3)``, ``((word))``, ``\\(`` for a literal parenthesis (`.emphasis`; after
+        "lower" / "none" preprocessing, before "clean"); a prompt without that syntax encodes exactly as without it.
         """
         prompts = _as_prompt_list(prompts)
         if preprocess_mode not in PREPROCESS_MODES:
@@ -226,16 +265,24 @@ class T5TextEncoder:
         if not isinstance(max_length, int) or not 1 <= max_length <= MAX_LENGTH_LIMIT:
             raise TextEncoderError(f"max_length must be an integer in 1..{MAX_LENGTH_LIMIT}, got {max_length!r} "
                                    "(IF uses 77, imagen-pytorch up to 256)")
-        texts = [preprocess(p, preprocess_mode) for p in prompts]
+        keys = [self._prompt_key(p, preprocess_mode, emphasis) for p in prompts]
         settings = (self.identity, self.tokenizer.name, str(self.device), str(self.compute_dtype), max_length)
-        found = {t: self.cache.get((settings, t)) for t in dict.fromkeys(texts)}
-        missing = [t for t, v in found.items() if v is None]
+        found = {k: self.cache.get((settings, k)) for k in dict.fromkeys(keys)}
+        empty = None
+        if any(v is None and not isinstance(k, str) and has_weights(k) for k, v in found.items()):
+            empty = found[""] if "" in found else self.cache.get((settings, ""))
+            if empty is None:   # "" on its own, as a plain "" is encoded: one unconditional embedding for both uses
+                empty = self._run([""], max_length, None)[""]
+                self.cache.put((settings, ""), empty)
+            if "" in found:
+                found[""] = empty
+        missing = [k for k, v in found.items() if v is None]
         if missing:
-            for text, row in zip(missing, self._run(missing, max_length)):
-                found[text] = row
-                self.cache.put((settings, text), row)
-        embeds = torch.stack([found[t][0] for t in texts])
-        mask = torch.stack([found[t][1] for t in texts])
+            for key, row in self._run(missing, max_length, empty).items():
+                found[key] = row
+                self.cache.put((settings, key), row)
+        embeds = torch.stack([found[k][0] for k in keys])
+        mask = torch.stack([found[k][1] for k in keys])
         if zero_padding:
             embeds = embeds * mask.unsqueeze(-1).to(embeds.dtype)
         return TextEmbeds(embeds, mask)

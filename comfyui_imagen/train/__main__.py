@@ -12,7 +12,6 @@ CPU, nccl on CUDA) or ``accelerate launch``; the batch size is per process.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys

@@ -1,0 +1,164 @@
+"""A real ComfyUI server with this pack for the server and browser tests (``COMFYUI_PATH`` names the checkout,
+``COMFYUI_PYTHON`` its interpreter).
+
+``start_comfyui(root, input_dir)`` runs ``main.py --cpu`` on a free port with an ``--extra-model-paths-config`` that
+adds this repository as a custom-nodes folder (as ``comfyui-imagen``) and a models folder of tiny random stages under
+the demo's file names (so workflows run in seconds on a CPU). Everything ComfyUI writes goes under ``root``; the
+checkout is only read.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from tests import comfy_helpers as ch
+from tests.comfy_helpers import DEMO_NAMES, write_tiny_stage, write_tiny_t5
+from tests.websocket import WebSocket
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+PACK = "comfyui-imagen"  # the custom-nodes folder name: ComfyUI lists and serves our templates under it
+START_TIMEOUT = 240
+RUN_TIMEOUT = 600
+T5XXL_TINY = "t5xxl_tiny_fp16.safetensors"  # a t5xxl-style name with T5 v1.1's SentencePiece-sized vocabulary
+
+
+class EventSocket(WebSocket):
+    """ComfyUI's ``/ws`` events: text frames as dicts, binary frames as (event type, bytes)."""
+
+    def __init__(self, port: int, client_id: str):
+        super().__init__("127.0.0.1", port, f"/ws?clientId={client_id}", timeout=RUN_TIMEOUT)
+
+    def receive(self):
+        message = super().receive()
+        if isinstance(message, bytes):
+            return struct.unpack(">I", message[:4])[0], message[4:]
+        return message
+
+
+def free_port(lo: int | None = None, hi: int | None = None) -> int:
+    """A free local port: any, or the first free one in [lo, hi]."""
+    for port in range(lo, hi + 1) if lo is not None else [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError(f"no free port in {lo}..{hi}")
+
+
+class Server:
+    def __init__(self, port: int, log: Path, output: Path):
+        self.port, self.log, self.output = port, log, output
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url(path), timeout=60) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, payload: dict):
+        request = urllib.request.Request(self.url(path), data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                body = r.read()
+                return r.status, (json.loads(body) if body.strip() else {})
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def history(self, prompt_id: str) -> dict:
+        """The prompt's history entry (written just after its execution_success event, so poll briefly)."""
+        for _ in range(100):
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry:
+                return entry
+            time.sleep(0.1)
+        raise AssertionError(f"no history for prompt {prompt_id}")
+
+    def run(self, prompt: dict, *, interrupt_after_progress: bool = False) -> tuple[str, list]:
+        """Queue a prompt and collect its websocket events until it ends; returns (prompt_id, events)."""
+        client_id = uuid.uuid4().hex
+        ws = EventSocket(self.port, client_id)
+        try:
+            status, answer = self.post("/prompt", {"prompt": prompt, "client_id": client_id})
+            assert status == 200, answer
+            prompt_id, events = answer["prompt_id"], []
+            while True:
+                event = ws.receive()
+                if event is None:
+                    continue
+                events.append(event)
+                if interrupt_after_progress and isinstance(event, dict) and event["type"] == "progress":
+                    self.post("/interrupt", {})
+                    interrupt_after_progress = False
+                if isinstance(event, dict) and event.get("data", {}).get("prompt_id") == prompt_id and (
+                        event["type"] in ("execution_success", "execution_error", "execution_interrupted")):
+                    return prompt_id, events
+        finally:
+            ws.close()
+
+
+def write_models(models: Path) -> None:
+    """models/imagen (tiny base + SR under the demo names) and models/text_encoders (the demo T5, a t5xxl one)."""
+    (models / "imagen").mkdir(parents=True)
+    (models / "text_encoders").mkdir()
+    write_tiny_stage(models / "imagen" / DEMO_NAMES["base"], "base")
+    write_tiny_stage(models / "imagen" / DEMO_NAMES["sr"], "sr")
+    write_tiny_t5(models / "text_encoders" / DEMO_NAMES["t5"])
+    write_tiny_t5(models / "text_encoders" / T5XXL_TINY, vocab_size=32128)  # no tokenizer beside it
+
+
+@contextlib.contextmanager
+def start_comfyui(root: Path, input_dir: Path, *, port: int | None = None):
+    """Yield a started :class:`Server` (``--input-directory input_dir``); stops it on exit.
+
+    Raises RuntimeError with the end of ComfyUI's log when it does not start within START_TIMEOUT."""
+    custom = root / "custom_nodes"
+    custom.mkdir()
+    (custom / PACK).symlink_to(ch.ROOT, target_is_directory=True)
+    models = root / "models"
+    write_models(models)
+    config = root / "extra_model_paths.yaml"
+    config.write_text(f"imagen_test:\n    base_path: {models}\n    imagen: imagen\n    text_encoders: text_encoders\n"
+                      f"    custom_nodes: {custom}\n")
+    port, log = port or free_port(), root / "comfyui.log"
+    (root / "user").mkdir()
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [PYTHON, "main.py", "--cpu", "--port", str(port), "--listen", "127.0.0.1", "--extra-model-paths-config",
+             str(config), "--input-directory", str(input_dir), "--output-directory", str(root / "output"),
+             "--temp-directory", str(root / "temp"), "--user-directory", str(root / "user"),
+             "--database-url", "sqlite:///:memory:", "--disable-auto-launch"],
+            cwd=COMFYUI, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        srv = Server(port, log, root / "output")
+        deadline = time.time() + START_TIMEOUT
+        while True:
+            try:
+                srv.get("/system_stats")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ComfyUI did not start:\n{log.read_text()[-4000:]}") from None
+                time.sleep(1)
+        yield srv
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
