@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,8 +60,9 @@ def free_port(lo: int | None = None, hi: int | None = None) -> int:
 
 
 class Server:
-    def __init__(self, port: int, log: Path, output: Path):
+    def __init__(self, port: int, log: Path, output: Path, pid: int | None = None):
         self.port, self.log, self.output = port, log, output
+        self.pid = pid  # the ComfyUI process (main.py), for memory figures
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -121,9 +123,19 @@ def write_models(models: Path) -> None:
     write_tiny_t5(models / "text_encoders" / T5XXL_TINY, vocab_size=32128)  # no tokenizer beside it
 
 
+def link_models(models: Path, links: dict[str, Path]) -> None:
+    """Symbolic links under ``models``, e.g. ``{"imagen/IF-I-XL-v1.0/unet/config.json": target}``: real folders
+    (made as needed) holding links to the files, as a user's download would lie."""
+    for name, target in links.items():
+        path = models / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(Path(target).resolve())
+
+
 @contextlib.contextmanager
-def start_comfyui(root: Path, input_dir: Path, *, port: int | None = None):
-    """Yield a started :class:`Server` (``--input-directory input_dir``); stops it on exit.
+def start_comfyui(root: Path, input_dir: Path, *, port: int | None = None, links: dict[str, Path] | None = None):
+    """Yield a started :class:`Server` (``--input-directory input_dir``); stops it on exit. ``links``: more model
+    files, linked into the models folder by `link_models` (``imagen/...``, ``text_encoders/...``).
 
     Raises RuntimeError with the end of ComfyUI's log when it does not start within START_TIMEOUT."""
     custom = root / "custom_nodes"
@@ -131,6 +143,7 @@ def start_comfyui(root: Path, input_dir: Path, *, port: int | None = None):
     (custom / PACK).symlink_to(ch.ROOT, target_is_directory=True)
     models = root / "models"
     write_models(models)
+    link_models(models, links or {})
     config = root / "extra_model_paths.yaml"
     config.write_text(f"imagen_test:\n    base_path: {models}\n    imagen: imagen\n    text_encoders: text_encoders\n"
                       f"    custom_nodes: {custom}\n")
@@ -144,7 +157,7 @@ def start_comfyui(root: Path, input_dir: Path, *, port: int | None = None):
              "--database-url", "sqlite:///:memory:", "--disable-auto-launch"],
             cwd=COMFYUI, stdout=out, stderr=subprocess.STDOUT)
     try:
-        srv = Server(port, log, root / "output")
+        srv = Server(port, log, root / "output", pid=process.pid)
         deadline = time.time() + START_TIMEOUT
         while True:
             try:
@@ -162,3 +175,41 @@ def start_comfyui(root: Path, input_dir: Path, *, port: int | None = None):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def memory_status(pid: int) -> dict[str, int]:
+    """A process's VmRSS, VmHWM (the kernel's peak RSS), RssAnon and RssFile from /proc/<pid>/status, in bytes; {}
+    where /proc has no such process (or no such fields: not Linux)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+@contextlib.contextmanager
+def memory_peaks(pid: int, interval: float = 0.05):
+    """Yield a dict that holds, once the ``with`` block ends, the largest value of each `memory_status` field of
+    process ``pid`` sampled every ``interval`` s meanwhile (VmHWM's last value is the kernel's own peak RSS)."""
+    peaks: dict[str, int] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while True:
+            for key, value in memory_status(pid).items():
+                peaks[key] = max(peaks.get(key, 0), value)
+            if done.wait(interval):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        thread.join()

@@ -358,3 +358,27 @@ def test_template_in_the_browser(page, server, shots, path):
     problems += node_problems(after, "after the run",
                               expected_red={i for i, n in by_id.items() if n["red"] or not n["registered"]})
     assert not problems, "\n".join(problems + [f"screenshots: {shot} {shot_after}"])
+
+
+def test_the_template_browser_shows_every_template_by_its_title(page, shots):
+    """Templates dialog -> this pack's section: one card per template, titled by its file name (ComfyUI lists
+    custom-node templates by file stem), each title shown whole; a screenshot of the dialog."""
+    if not page.evaluate("!!app.extensionManager?.command"):
+        pytest.skip("this frontend has no Templates dialog command")
+    page.evaluate("Promise.resolve(app.extensionManager.command.execute('Comfy.BrowseTemplates')).then(() => 1)")
+    section = _wait_for_element(page, "[role=dialog] *", PACK)
+    assert section, f"the Templates dialog has no {PACK!r} section"
+    page.click(*section)
+    names = [p.stem for p in TEMPLATES]
+    for name in names:
+        assert _wait_for_element(page, f"[data-testid='template-workflow-{name}']", None), name
+    time.sleep(1.5)  # thumbnails
+    # a title the card cuts shows an ellipsis: its text overflows its box
+    cut = page.evaluate("""(names => names.filter(name => {
+        const card = document.querySelector(`[data-testid='template-workflow-${name}']`);
+        const title = [...card.querySelectorAll('*')].find(e => e.children.length === 0 && e.textContent.trim() === name);
+        return !title || title.scrollWidth > title.clientWidth + 1;
+    }))""" + f"({json.dumps(names)})")
+    print(f"template browser: {page.screenshot(shots / 'template-browser.png')}")
+    page.press("Escape", 27)
+    assert not cut, f"titles not shown whole on their cards: {cut}"

@@ -12,8 +12,10 @@ input gives a node error with our message and the server keeps serving.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +230,99 @@ def test_a_value_not_among_a_combos_choices_is_refused_naming_the_choices(server
     assert "fp12" in json.dumps(answer) and "bf16" in json.dumps(answer), answer
     _, events = server.run(_text_to_image())
     assert events[-1]["type"] == "execution_success"
+
+
+# ------------------------------------------------------------------------------------------------ IF at real size
+IF_FILES = os.environ.get("IMAGEN_IF_FILES")  # a folder as benchmarks/real_scale.py writes it (random weights)
+IF_FOLDERS = ("IF-I-XL-v1.0", "IF-II-L-v1.0")
+IF_PEAK_RSS_LIMIT = 10.5e9  # issue #13: T5-XXL fp8 + IF-I-XL + IF-II-L in the server on a CPU
+
+
+def _if_links(folder: Path) -> tuple[dict[str, Path], str]:
+    """The synthesised files where users put IF's: every file of IF-I-XL-v1.0/ and IF-II-L-v1.0/ under
+    models/imagen/ (real folders of links), the T5 under models/text_encoders/ (``t5xxl_fp16.safetensors`` where the
+    folder has one, else the fp8-scaled file under its own name); returns (links, the T5's name)."""
+    missing = [name for name in IF_FOLDERS if not (folder / name / "unet" / "config.json").is_file()]
+    t5 = next((n for n in ("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors") if (folder / n).is_file()),
+              None)
+    if missing or t5 is None:
+        pytest.fail(f"IMAGEN_IF_FILES={folder} lacks {missing or 't5xxl_fp16/t5xxl_fp8_e4m3fn_scaled.safetensors'}: "
+                    f"write them with benchmarks/real_scale.py --only files --dir {folder}")
+    links = {f"imagen/{path.relative_to(folder).as_posix()}": path
+             for name in IF_FOLDERS for path in sorted((folder / name).rglob("*")) if path.is_file()}
+    links[f"text_encoders/{t5}"] = folder / t5
+    return links, t5
+
+
+def _if_stages_only(prompt: dict, t5_name: str, steps: int = 1) -> dict:
+    """The DeepFloyd template without its SD x4 part (the checkpoint loader and every node fed by it), its 256 px
+    preview saved instead, ``steps`` steps per stage on a non-preset schedule (as tests/test_workflows.py's quick:
+    IF's presets fix the step count) and ``t5_name`` for the T5."""
+    drop = {k for k, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple"}
+    while more := {k for k, n in prompt.items() if k not in drop and any(
+            isinstance(v, list) and len(v) == 2 and v[0] in drop for v in n["inputs"].values())}:
+        drop |= more
+    prompt = {k: n for k, n in prompt.items() if k not in drop}
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"].startswith("Imagen") and "steps" in inputs:
+            inputs.update(steps=steps, schedule="karras")
+        if node["class_type"] == "ImagenT5Loader":
+            inputs["t5_name"] = t5_name
+        if node["class_type"] == "PreviewImage":
+            node.update(class_type="SaveImage", inputs={**inputs, "filename_prefix": "imagen/deepfloyd_256"})
+    return prompt
+
+
+@pytest.mark.skipif(not IF_FILES, reason="set IMAGEN_IF_FILES to a folder of IF-sized files "
+                                         "(benchmarks/real_scale.py --only files writes them)")
+def test_deepfloyd_workflow_runs_on_if_sized_files_within_the_memory_of_one_stage(tmp_path, capsys):
+    """The shipped DeepFloyd template, stage I and II, on IF-sized files in a server of its own.
+
+        IMAGEN_IF_FILES=/work/scratch-realsize COMFYUI_PATH=... COMFYUI_PYTHON=... pytest -s \\
+            tests/test_workflows_comfyui_server.py -k if_sized
+
+    ``IMAGEN_IF_FILES`` names a folder as ``benchmarks/real_scale.py`` writes it: random weights in the published
+    shapes (IF-I-XL-v1.0/, IF-II-L-v1.0/ diffusers folders, a T5-XXL file), ~16 GB. Links to them lie in the
+    server's models folders where users put IF's files, and the loaders' lists must offer the template's names. The
+    template runs without its SD x4 upscaler (not installed) to a saved 256 px image, one step per stage, with the
+    fp8-scaled T5 in place of ``t5xxl_fp16.safetensors`` where the folder has no fp16 one. The ComfyUI process's
+    memory is sampled meanwhile: its peak RSS (the kernel's VmHWM) must stay under IF_PEAK_RSS_LIMIT (T5, stage I
+    and stage II take turns), and the figures are printed. Takes a few minutes on a 2-core CPU; needs ~11 GB RAM.
+    """
+    from PIL import Image
+
+    from tests.comfy_server import memory_peaks
+
+    links, t5 = _if_links(Path(IF_FILES))
+    template = ch.load_json(ch.API_DIR / "DeepFloyd IF to 1024 px.json")
+    for folder in ("comfy", "input"):
+        (tmp_path / folder).mkdir()
+    with start_comfyui(tmp_path / "comfy", tmp_path / "input", port=free_port(8500, 8599), links=links) as srv:
+        info = srv.get("/object_info")
+        stages = combo_choices(info["ImagenModelLoader"]["input"]["required"]["model_name"])
+        t5s = combo_choices(info["ImagenT5Loader"]["input"]["required"]["t5_name"])
+        wanted = [n["inputs"]["model_name"] for n in template.values() if n["class_type"] == "ImagenModelLoader"]
+        assert set(wanted) <= set(stages), (wanted, stages)
+        assert t5 in t5s, (t5, t5s)
+        prompt = _if_stages_only(template, t5)
+        start = time.perf_counter()
+        with memory_peaks(srv.pid) as peaks:
+            prompt_id, events = srv.run(prompt)
+        wall = time.perf_counter() - start
+        assert events[-1]["type"] == "execution_success", events[-1]["data"].get("exception_message", events[-3:])
+        saved = [img for out in srv.history(prompt_id)["outputs"].values() for img in out.get("images", [])
+                 if img["type"] == "output"]
+        assert len(saved) == 1
+        with Image.open(srv.output / saved[0]["subfolder"] / saved[0]["filename"]) as image:
+            assert image.size == (256, 256)
+        released = [line for line in srv.log.read_text().splitlines() if "Imagen: released" in line]
+    figures = (f"DeepFloyd stage I + II in ComfyUI ({t5}, 1 step each): {wall:.0f} s, peak RSS "
+               f"{peaks.get('VmHWM', 0) / 1e9:.2f} GB (sampled VmRSS {peaks.get('VmRSS', 0) / 1e9:.2f}), peak RssAnon "
+               f"{peaks.get('RssAnon', 0) / 1e9:.2f} GB, peak RssFile {peaks.get('RssFile', 0) / 1e9:.2f} GB; "
+               f"released: {released}")
+    with capsys.disabled():
+        print(f"\n{figures}")
+    assert peaks.get("VmHWM", 0) <= IF_PEAK_RSS_LIMIT, (
+        f"the server held more than {IF_PEAK_RSS_LIMIT / 1e9} GB: {figures}. The T5, stage I and stage II should "
+        f"take turns (nodes/loaders.py _make_room releases every model not kept before another loads)")
