@@ -45,8 +45,8 @@ def cascade_loaders(t5: Optional[str] = None, base: Optional[str] = None, srs: O
                     tokenizer: Optional[str] = None, dtype="auto", device: str = "cpu"):
     """(load_t5, load_base, [load_sr, ...]): functions that each load one model of the named files, the bundled
     demo's where a name is None (`srs=None`: the demo SR; `srs=[]`: none). dtype: the stages' (`load_stage`; "auto"
-    is the device's choice, fp32 for the demo's fp32 files); a torch dtype is also the T5's storage dtype, "auto" or
-    None keeps the T5 file's (`load_t5` picks its compute dtype)."""
+    is the device's choice, fp32 for the demo's fp32 files). The T5 keeps its file's storage dtype whatever ``dtype``
+    says (an fp8 T5-XXL stays 4.9 GB; `load_t5` picks its compute dtype)."""
     from .checkpoints import load_stage
     from .text import load_t5
 
@@ -56,12 +56,10 @@ def cascade_loaders(t5: Optional[str] = None, base: Optional[str] = None, srs: O
 
         demo = demo_files()
     t5_path = t5 or demo["t5"]
-    t5_dtype = dtype if isinstance(dtype, torch.dtype) else None
-
     def load_encoder():
         if tokenizer:
-            return load_t5(t5_path, dtype=t5_dtype, tokenizer=tokenizer, device=device)
-        return load_t5(t5_path, dtype=t5_dtype, device=device)
+            return load_t5(t5_path, tokenizer=tokenizer, device=device)
+        return load_t5(t5_path, device=device)
 
     def stage_loader(path):
         def load():
@@ -102,16 +100,12 @@ def progress_bar(label: str, stream=None) -> Callable[[dict], None]:
 
 def stage_settings(stage, seed: int = 0, **flags):
     """The stage's recommended `SamplingSettings` with the given flags (sampler, steps, cfg, spacing: None = keep
-    the stage's) and `seed`. Steps given without a spacing over a recommended IF preset (smart100 ..., which fixes
-    its own step count) use the library's default spacing, so that ``--steps N`` runs N steps."""
-    from .respacing import IF_PRESETS
-    from .settings import role_defaults
+    the stage's) and `seed`, by the nodes' rules (`settings.with_overrides`: ``--steps N`` over an IF preset runs N
+    trailing steps)."""
+    from .settings import AUTO, with_overrides
 
-    given = {k: v for k, v in flags.items() if v is not None}
-    recommended = stage.recommended.settings
-    if "steps" in given and "spacing" not in given and recommended.spacing in IF_PRESETS:
-        given["spacing"] = role_defaults(stage.config.role).settings.spacing
-    return recommended.replace(seed=seed, **given)
+    return with_overrides(stage.recommended.settings, seed=seed,
+                          **{name: AUTO if value is None else value for name, value in flags.items()})
 
 
 def text_to_image(cascade: Cascade, prompts: list[str], *, negative: str = "", base_settings=None, sr_settings=None,

@@ -73,10 +73,17 @@ class SamplingSettings:
 
 
 def with_overrides(defaults: SamplingSettings, **values) -> SamplingSettings:
-    """``defaults`` (a stage's recommended settings) with each of ``values`` that is not `AUTO`: what a node's
-    widgets mean when some say "auto" (``with_overrides(stage.recommended.settings, steps=20, sampler=AUTO)``)."""
-    return defaults.replace(**{name: value for name, value in values.items()
-                               if not (isinstance(value, str) and value == AUTO)})
+    """``defaults`` (a stage's recommended settings) with each of ``values`` that is not `AUTO`: what the nodes'
+    "auto" widgets and the CLI's absent flags mean (``with_overrides(stage.recommended.settings, steps=20,
+    sampler=AUTO)``). The one home of two rules: steps given over a recommended DeepFloyd IF preset (smart100 ...,
+    which fixes its own count) with the spacing left to the stage run that many steps, trailing; and a sampler given
+    explicitly gets its own default eta, not the one recommended for the stage's sampler."""
+    given = {name: value for name, value in values.items() if not (isinstance(value, str) and value == AUTO)}
+    if "steps" in given and "spacing" not in given and defaults.spacing in IF_PRESETS:
+        given["spacing"] = DEFAULT_BASE.settings.spacing
+    if "sampler" in given and "eta" not in given:
+        given["eta"] = None
+    return defaults.replace(**given)
 
 
 @dataclass(frozen=True)

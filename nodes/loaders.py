@@ -176,6 +176,13 @@ class ImagenT5(_Held):
             self._managed.load()
             return encoder.encode(prompts, max_length=max_length)
 
+    def encode_for_guidance(self, prompt: str, negative_prompt: str, max_length: int, **options):
+        """The encoder's `encode_for_guidance` under the lock: never released mid-encode."""
+        with _LOCK:
+            encoder = self._get()
+            self._managed.load()
+            return encoder.encode_for_guidance(prompt, negative_prompt, max_length, **options)
+
 
 @node("Imagen T5 Loader (text encoder)", CATEGORY,
       "Loads a frozen T5 encoder: a t5xxl file from models/text_encoders (fp16, bf16, fp8, scaled fp8) or a GGUF T5 "

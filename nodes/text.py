@@ -29,7 +29,6 @@ class ImagenTextEncode:
         }}
 
     def encode(self, t5, prompt: str, negative_prompt: str, max_length: int = 77):
-        t5.managed.load()
-        positive, negative = t5.encoder.encode_for_guidance(prompt, negative_prompt, max_length, emphasis=True)
+        positive, negative = t5.encode_for_guidance(prompt, negative_prompt, max_length, emphasis=True)
         device = cc.intermediate_device()
         return (cascade.Conditioning(positive.to(device), negative.to(device)),)

@@ -332,3 +332,19 @@ def test_a_second_name_for_a_folder_is_listed_and_a_link_cycle_is_not_followed(t
     (models / "current").symlink_to(models / "v3", target_is_directory=True)
     (models / "v3" / "loop").symlink_to(models, target_is_directory=True)
     assert files.scan_folder(models).stages == ("current/x.safetensors", "v3/x.safetensors")
+
+
+def test_a_sharded_or_doubled_if_unet_is_listed_once_by_what_loads(tmp_path):
+    models = tmp_path / "imagen"
+    sharded, doubled = models / "IF-S" / "unet", models / "IF-D" / "unet"
+    for unet in (sharded, doubled):
+        unet.mkdir(parents=True)
+        (unet / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    for name in ("diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002"
+                 ".safetensors", "diffusion_pytorch_model.safetensors.index.json"):
+        (sharded / name).write_bytes(b"")
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                 "diffusion_pytorch_model.fp16.bin"):
+        (doubled / name).write_bytes(b"")
+    assert files.scan_folder(models).stages == (
+        "IF-D/unet/diffusion_pytorch_model.fp16.bin", "IF-D/unet/diffusion_pytorch_model.safetensors", "IF-S")

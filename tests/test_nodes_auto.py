@@ -120,3 +120,25 @@ def test_loaders_check_names_themselves(model_folders):
     message = loaders.ImagenT5Loader.VALIDATE_INPUTS("t5xxl_fp16.safetensors")
     assert message.startswith("Imagen T5 Loader: ") and "models/text_encoders" in message
     assert "invalid model name" in loaders.ImagenT5Loader.VALIDATE_INPUTS("../../etc/passwd")
+
+
+def test_explicit_widgets_sample_as_the_release_before_did(loaded):
+    # the release before built SamplingSettings(sampler, steps, cfg, spacing, seed, dynamic_threshold) from the
+    # widgets: the stage's recommended eta (here ddim's 0) must not reach the sampler a saved workflow names
+    base, _, embeds = loaded
+    _recommend(base, SamplingSettings(sampler="ddim", steps=4, cfg=3.0, spacing="trailing", eta=0.0))
+    widgets = dict(seed=2, steps=3, cfg=2.0, sampler="euler_ancestral", schedule="karras", dynamic_threshold=0.9)
+    (image,) = sampling.ImagenBaseSampler().sample(base, embeds, width=0, height=0, batch_size=1, **widgets)
+    before = SamplingSettings(sampler="euler_ancestral", steps=3, cfg=2.0, spacing="karras", seed=2,
+                              dynamic_threshold=0.9)
+    assert torch.equal(image, to_comfy_image(cascade.generate(base.stage, embeds, settings=before)))
+
+
+def test_steps_given_over_an_if_preset_run_that_many():
+    # IF's stage I recommends smart100, which fixes its own step count: steps 20 with the schedule on auto means 20
+    from comfyui_imagen.settings import IF_STAGE_I
+
+    settings = with_overrides(IF_STAGE_I, steps=20, spacing=AUTO)
+    assert (settings.steps, settings.spacing) == (20, "trailing")
+    assert with_overrides(IF_STAGE_I, steps=AUTO, spacing=AUTO).spacing == "smart100"
+    assert with_overrides(IF_STAGE_I, steps=20, spacing="smart50").spacing == "smart50"

@@ -6,8 +6,9 @@ Starts ``main.py --cpu`` on a free port with an ``--extra-model-paths-config`` t
 custom-nodes folder and a models folder of tiny random stages under the demo's file names (so it runs in seconds on a
 CPU), and an empty ``--input-directory`` (a fresh install's). Checks: the pack imports without failure; ``/object_info`` lists
 every node; every workflow runs via ``/prompt`` to a saved image (the DeepFloyd one only where IF's files and the SD x4
-upscaler are installed); progress and preview events arrive on the websocket; ``/interrupt`` stops a long run; bad
-input gives a node error with our message and the server keeps serving.
+upscaler are installed; its stages I and II on IF-sized files, within the memory of one stage, where
+``IMAGEN_IF_FILES`` names them); progress and preview events arrive on the websocket; ``/interrupt`` stops a long
+run; bad input gives a node error with our message and the server keeps serving.
 """
 from __future__ import annotations
 
@@ -292,7 +293,7 @@ def test_deepfloyd_workflow_runs_on_if_sized_files_within_the_memory_of_one_stag
     """
     from PIL import Image
 
-    from tests.comfy_server import memory_peaks
+    from tests.comfy_server import memory_peaks, memory_status
 
     links, t5 = _if_links(Path(IF_FILES))
     template = ch.load_json(ch.API_DIR / "DeepFloyd IF to 1024 px.json")
@@ -306,7 +307,7 @@ def test_deepfloyd_workflow_runs_on_if_sized_files_within_the_memory_of_one_stag
         assert set(wanted) <= set(stages), (wanted, stages)
         assert t5 in t5s, (t5, t5s)
         prompt = _if_stages_only(template, t5)
-        start = time.perf_counter()
+        idle, start = memory_status(srv.pid), time.perf_counter()
         with memory_peaks(srv.pid) as peaks:
             prompt_id, events = srv.run(prompt)
         wall = time.perf_counter() - start
@@ -316,11 +317,13 @@ def test_deepfloyd_workflow_runs_on_if_sized_files_within_the_memory_of_one_stag
         assert len(saved) == 1
         with Image.open(srv.output / saved[0]["subfolder"] / saved[0]["filename"]) as image:
             assert image.size == (256, 256)
-        released = [line for line in srv.log.read_text().splitlines() if "Imagen: released" in line]
+        released = [line.split("Imagen: released ", 1)[1] for line in srv.log.read_text().splitlines()
+                    if "Imagen: released " in line]
     figures = (f"DeepFloyd stage I + II in ComfyUI ({t5}, 1 step each): {wall:.0f} s, peak RSS "
                f"{peaks.get('VmHWM', 0) / 1e9:.2f} GB (sampled VmRSS {peaks.get('VmRSS', 0) / 1e9:.2f}), peak RssAnon "
-               f"{peaks.get('RssAnon', 0) / 1e9:.2f} GB, peak RssFile {peaks.get('RssFile', 0) / 1e9:.2f} GB; "
-               f"released: {released}")
+               f"{peaks.get('RssAnon', 0) / 1e9:.2f} GB, peak RssFile {peaks.get('RssFile', 0) / 1e9:.2f} GB "
+               f"(the idle server before: RSS {idle.get('VmRSS', 0) / 1e9:.2f}, RssAnon "
+               f"{idle.get('RssAnon', 0) / 1e9:.2f}); released in turn: {released}")
     with capsys.disabled():
         print(f"\n{figures}")
     assert peaks.get("VmHWM", 0) <= IF_PEAK_RSS_LIMIT, (

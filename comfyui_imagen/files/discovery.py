@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 from .errors import ModelFileError
 from .families import IF_PIPELINE, T5_FOLDER, UNET_FOLDER, folder_family
-from .reader import GGUF_SUFFIXES, WEIGHT_SUFFIXES
+from .reader import GGUF_SUFFIXES, SAFETENSORS_SUFFIXES, WEIGHT_SUFFIXES
 
 UNET_WEIGHTS = "diffusion_pytorch_model"  # how diffusers names a U-Net's weight files (and its .fp16 variants)
 T5_SUFFIXES = WEIGHT_SUFFIXES + GGUF_SUFFIXES  # a T5 file is also read from GGUF (ComfyUI-GGUF's T5 encoders)
@@ -63,11 +63,17 @@ def _join(rel: str, name: str) -> str:
 
 def _unet_entries(rel: str, unet: str, dirpath: str) -> list[str]:
     """A model folder's entries: the weight files of its U-Net folder ``unet`` (``IF-I-XL-v1.0/unet/diffusion_
-    pytorch_model.fp16.safetensors``), so that every entry names a file; the folder ``rel`` itself when they are
-    sharded (or absent)."""
+    pytorch_model.fp16.safetensors``; a .bin only where no .safetensors of that variant exists), so that every entry
+    names a file; the folder ``rel`` itself when they are sharded (or absent)."""
     folder = os.path.join(dirpath, unet)
-    names = sorted(n for n in os.listdir(folder) if n.startswith(UNET_WEIGHTS) and is_weight_file(n)) \
-        if os.path.isdir(folder) else []
+    present = os.listdir(folder) if os.path.isdir(folder) else []
+    if any(n.startswith(UNET_WEIGHTS) and ".index" in n for n in present):
+        return [rel]  # sharded: the folder reader joins the shards
+    names = sorted(n for n in present if n.startswith(UNET_WEIGHTS) and is_weight_file(n))
+    safetensors = [n for n in names if is_weight_file(n, SAFETENSORS_SUFFIXES)]
+    # a Hugging Face snapshot may hold each variant as .safetensors and as .bin: the .safetensors one only
+    names = [n for n in names if n in safetensors or os.path.splitext(n)[0] not in
+             {os.path.splitext(m)[0] for m in safetensors}]
     return [_join(_join(rel, unet) if unet != "." else rel, n) for n in names] or [rel]
 
 
