@@ -254,11 +254,31 @@ def check_args(args) -> None:
             raise ValueError(f"{flag} {value}: no such file or folder")
 
 
+def demo_prompt_warning(prompt: str) -> Optional[str]:
+    """One line for a prompt the bundled demo cascade was not trained to draw (outside the shapes grammar of
+    ``shared/demo-domain.md``), naming what it can draw; None for a prompt in the grammar."""
+    from .data.scenes import BACKGROUNDS, COLOURS, SHAPES, parse_caption
+
+    try:
+        parse_caption(prompt.strip().rstrip("."))
+    except ValueError:
+        return (f"warning: the bundled demo draws only its shapes captions: 'a [small |large ]<colour> <shape>[ in the "
+                f"top left|...][ on a <background> background]' or two objects ('a red circle to the left of a blue "
+                f"square', '... above ...'); colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; backgrounds "
+                f"{', '.join(BACKGROUNDS)}. {prompt!r} is not one of them: expect shapes. Give --t5/--base (e.g. "
+                f"DeepFloyd IF) to draw anything else")
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """The command line; user errors print ``error: ...`` (exit 2), never a traceback."""
     args = _parser().parse_args(argv)
     try:
         check_args(args)
+        if args.t5 is None and args.base is None:
+            warning = demo_prompt_warning(args.prompt)
+            if warning:
+                print(warning, file=sys.stderr)
         from .pipeline import CascadeRunner
 
         load_t5, load_base, load_srs = cascade_loaders(args.t5, args.base, [] if args.no_sr else args.sr,

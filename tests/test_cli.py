@@ -152,3 +152,15 @@ def test_contact_sheet_marks_each_judged_image():
     np.testing.assert_array_equal(sheet[:64, :64], truth)
     np.testing.assert_array_equal(sheet[:64, 64:128], truth)
     assert sheet[66, 70].tolist() == [40, 170, 60] and sheet[66, 140].tolist() == [220, 40, 40]
+
+
+def test_a_prompt_outside_the_demo_grammar_gets_one_warning_naming_what_it_draws(tmp_path, capsys):
+    from comfyui_imagen.cli import demo_prompt_warning
+
+    assert demo_prompt_warning("a red circle to the left of a blue square") is None
+    assert demo_prompt_warning("A small Blue square in the top left on a black background.") is None
+    warning = demo_prompt_warning("a photo of a corgi wearing a red scarf")
+    assert "corgi" in warning and "purple" in warning and "triangle" in warning and "--t5" in warning
+    assert main(["generate", "a photo of a corgi", "-o", str(tmp_path / "o.png"), "--steps", "1", "--no-sr",
+                     "--quiet"]) == 0
+    assert capsys.readouterr().err.count("warning: the bundled demo draws only") == 1
