@@ -57,7 +57,7 @@ def _text_batch(tensor: torch.Tensor, batch: int, name: str) -> torch.Tensor:
                      f"encode one prompt (batch 1) or exactly one per image")
 
 
-def _text_args(cond: Conditioning, batch: int, device: torch.device) -> dict:
+def text_args(cond: Conditioning, batch: int, device: torch.device) -> dict:
     """The denoiser's ``cond`` / ``uncond`` kwargs: each branch's embeddings and mask at the run's batch size."""
     args = {}
     for key, embeds, name in (("cond", cond.positive, "prompt"), ("uncond", cond.negative, "negative prompt")):
@@ -66,7 +66,8 @@ def _text_args(cond: Conditioning, batch: int, device: torch.device) -> dict:
     return args
 
 
-def _settings(stage: "Stage", settings: Optional[SamplingSettings]) -> SamplingSettings:
+def given_settings(stage: "Stage", settings: Optional[SamplingSettings]) -> SamplingSettings:
+    """``settings``, checked, or the stage's recommended ones for None."""
     if settings is None:
         return stage.recommended.settings
     if not isinstance(settings, SamplingSettings):
@@ -80,12 +81,12 @@ def _sample(stage: "Stage", cond: Conditioning, settings: SamplingSettings, x: t
     """One sampler call over the stage's denoiser, without autograd. ``extra`` (the SR conditioning) is shared by
     both guidance branches; ``options`` go to the sampler where it declares them (`sampler_options`).
 
-    ``chunk`` (from `_memory_plan`: the batch does not fit the free memory at once) runs the batch in chunks of
+    ``chunk`` (from `memory_plan`: the batch does not fit the free memory at once) runs the batch in chunks of
     items, each with its own items' generators, conditioning and options: the same images as one call up to the
     network's rounding; the callback then counts the steps of all chunks. NaN or Inf in the result is an error,
     never an image."""
     batch = x.shape[0]
-    args = _text_args(cond, batch, x.device)
+    args = text_args(cond, batch, x.device)
     args["cond"].update(extra or {})
     name = sampler or settings.sampler
     chunk = chunk or batch
@@ -107,7 +108,7 @@ def _sample(stage: "Stage", cond: Conditioning, settings: SamplingSettings, x: t
     return out
 
 
-def _memory_plan(stage: "Stage", settings: SamplingSettings, batch: int, height: int, width: int,
+def memory_plan(stage: "Stage", settings: SamplingSettings, batch: int, height: int, width: int,
                  free_memory: Optional[FreeMemory]) -> int:
     """Images per sampler call that fit the free memory (`memory.plan_chunk`), asked before anything is allocated."""
     role = "super-resolution" if stage.config.role == "sr" else "base"
@@ -188,7 +189,7 @@ def augment_lowres(stage: "Stage", lowres: torch.Tensor, height: int, width: int
             "noise_level": torch.full((up.shape[0],), float(noise_level), device=up.device)}
 
 
-def _sr_conditioning(stage: "Stage", lowres: torch.Tensor, like: torch.Tensor, noise_level: Optional[int],
+def sr_conditioning(stage: "Stage", lowres: torch.Tensor, like: torch.Tensor, noise_level: Optional[int],
                      generators) -> dict:
     """`augment_lowres` of a checked low-resolution batch for a run at ``like``'s size (one image, or one per
     output), at ``noise_level`` (None: the stage's recommended level)."""
@@ -209,7 +210,7 @@ def _edit_extra(stage: "Stage", image: torch.Tensor, lowres_image: Optional[torc
             raise ValueError("lowres_image is only used with super-resolution stages; this is a base stage")
         return {}
     lowres = image if lowres_image is None else check_images(lowres_image, "the low-resolution image")
-    return _sr_conditioning(stage, lowres, image, noise_level, generators)
+    return sr_conditioning(stage, lowres, image, noise_level, generators)
 
 
 def output_size(stage: "Stage", width: Optional[int], height: Optional[int]) -> tuple[int, int]:
@@ -232,13 +233,13 @@ def generate(stage: "Stage", cond: Conditioning, *, width: Optional[int] = None,
              cancel: Cancel = None, free_memory: Optional[FreeMemory] = None) -> torch.Tensor:
     """Text-to-image with a base stage: [batch_size, 3, height, width] in -1..1 (default size: the stage's)."""
     check_role(stage, "base", "generate()", "super_resolve() (node: Imagen Super-Resolution)")
-    settings = _settings(stage, settings)
+    settings = given_settings(stage, settings)
     width = stage.config.resolution if width is None else width
     height = stage.config.resolution if height is None else height
     width, height = check_size(stage, width, height, "the requested size")
     batch = check_batch(batch_size)
     check_conditioning(stage, cond)
-    chunk = _memory_plan(stage, settings, batch, height, width, free_memory)
+    chunk = memory_plan(stage, settings, batch, height, width, free_memory)
     generators = make_generators(settings.seed, batch)
     sigmas = stage.sigmas(settings)
     x = randn_like_items((batch, 3, height, width), generators, device=stage.device) * sigmas[0]
@@ -260,17 +261,17 @@ def super_resolve(stage: "Stage", cond: Conditioning, lowres_image: torch.Tensor
     ``settings`` and ``strength`` default to the stage's recommended ones (the demo SR: 100, 15 steps, 0.15)."""
     check_role(stage, "sr", "super_resolve()", "generate() (node: Imagen Base Sampler)")
     lowres_image = check_images(lowres_image, "the low-resolution image")
-    settings = _settings(stage, settings)
+    settings = given_settings(stage, settings)
     strength = check_strength(stage.recommended.strength if strength is None else strength,
                               "from pure noise, small = stay near the bicubic upsampling")
     width, height = output_size(stage, width, height)
     batch = check_batch(lowres_image.shape[0])
     check_conditioning(stage, cond)
-    chunk = _memory_plan(stage, settings, batch, height, width, free_memory)
+    chunk = memory_plan(stage, settings, batch, height, width, free_memory)
     generators = make_generators(settings.seed, batch)
     noise = randn_like_items((batch, 3, height, width), generators, device=stage.device)
     upsampled = resize(lowres_image.float(), height, width, mode="bicubic").clamp(-1, 1).to(stage.device)
-    extra = _sr_conditioning(stage, lowres_image, upsampled, noise_level, generators)
+    extra = sr_conditioning(stage, lowres_image, upsampled, noise_level, generators)
     x, sigmas = sdedit_start(upsampled if strength < 1 else torch.zeros_like(noise), noise, stage.sigmas(settings),
                              strength)
     return _sample(stage, cond, settings, x, sigmas, generators, extra=extra, callback=callback, cancel=cancel,
@@ -285,9 +286,9 @@ def _edit_inputs(stage: "Stage", cond: Conditioning, image: torch.Tensor, settin
     batch, _, height, width = image.shape
     check_batch(batch)
     check_size(stage, width, height, "the input image")
-    settings = _settings(stage, settings)
+    settings = given_settings(stage, settings)
     check_conditioning(stage, cond)
-    chunk = _memory_plan(stage, settings, batch, height, width, free_memory)
+    chunk = memory_plan(stage, settings, batch, height, width, free_memory)
     return settings, image.to(stage.device).float(), make_generators(settings.seed, batch), chunk
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from .cascade import _memory_plan, _settings, _sr_conditioning, _text_args, output_size
+from .cascade import given_settings, memory_plan, output_size, sr_conditioning, text_args
 from .checks import all_finite
 from .images import resize
 from .memory import FreeMemory
@@ -146,7 +146,7 @@ def sample_with(sampler_fn: SamplerFn, stage: Stage, cond: Conditioning, setting
     ``extra_options`` are its keyword options (ComfyUI's ``KSAMPLER.extra_options``). NaN or Inf in the result is
     an error."""
     sigmas = check_foreign_sigmas(sigmas).to(x.device)
-    args = _text_args(cond, x.shape[0], x.device)
+    args = text_args(cond, x.shape[0], x.device)
     args["cond"].update(extra or {})
     model = KDiffusionModel(stage.denoiser(settings), args, stage.schedule, cancel)
     with torch.no_grad():
@@ -171,7 +171,7 @@ def generate_with(stage: Stage, sampler_fn: SamplerFn, cond: Conditioning, sigma
     seed + k. [batch_size, 3, height, width] in -1..1. The batch runs in one call (a foreign sampler's noise
     depends on the batch, so it is not split); a batch larger than the free memory is refused."""
     check_role(stage, "base", "generate_with()", "super_resolve_with()")
-    settings = _settings(stage, settings)
+    settings = given_settings(stage, settings)
     sigmas = check_foreign_sigmas(sigmas)
     width = stage.config.resolution if width is None else width
     height = stage.config.resolution if height is None else height
@@ -197,7 +197,7 @@ def super_resolve_with(stage: Stage, sampler_fn: SamplerFn, cond: Conditioning, 
     bicubic upsampling noised to its first sigma (SDEdit, as super_resolve below strength 1)."""
     check_role(stage, "sr", "super_resolve_with()", "generate_with()")
     lowres_image = check_images(lowres_image, "the low-resolution image")
-    settings = _settings(stage, settings)
+    settings = given_settings(stage, settings)
     sigmas = check_foreign_sigmas(sigmas)
     width, height = output_size(stage, width, height)
     batch = check_batch(lowres_image.shape[0])
@@ -206,7 +206,7 @@ def super_resolve_with(stage: Stage, sampler_fn: SamplerFn, cond: Conditioning, 
     generators = make_generators(settings.seed, batch)
     noise = randn_like_items((batch, 3, height, width), generators, device=stage.device)
     upsampled = resize(lowres_image.float(), height, width, mode="bicubic").clamp(-1, 1).to(stage.device)
-    extra = _sr_conditioning(stage, lowres_image, upsampled, noise_level, generators)
+    extra = sr_conditioning(stage, lowres_image, upsampled, noise_level, generators)
     full = float(sigmas[0]) >= stage.schedule.sigma_max * (1 - 1e-5)  # float32 rounding of sigma_max
     x = (torch.zeros_like(noise) if full else upsampled) + noise * sigmas[0]
     return sample_with(sampler_fn, stage, cond, settings, x, sigmas, extra=extra, extra_options=extra_options,
@@ -215,7 +215,7 @@ def super_resolve_with(stage: Stage, sampler_fn: SamplerFn, cond: Conditioning, 
 
 def _check_fits(stage: Stage, settings: SamplingSettings, batch: int, height: int, width: int,
                 free_memory: FreeMemory | None) -> None:
-    chunk = _memory_plan(stage, settings, batch, height, width, free_memory)
+    chunk = memory_plan(stage, settings, batch, height, width, free_memory)
     if chunk < batch:
         raise ValueError(f"a batch of {batch} does not fit the free memory at once (at most {chunk}); a foreign "
                          f"sampler's noise depends on the batch, so it is not split: lower batch_size to {chunk}, "

@@ -95,7 +95,7 @@ def test_in_float64_kdiffusion_dpmpp_2m_is_our_dpmpp_2m_over_the_stage_denoiser(
     extra = (cascade.augment_lowres(stage, torch.rand(2, 3, 16, 16) * 2 - 1, side, side, 100, generators)
              if role == "sr" else None)
     theirs = external.sample_with(kd_sample_dpmpp_2m, stage, _cond(), settings, x, sigmas, extra=extra)
-    args = cascade._text_args(_cond(), 2, x.device)
+    args = cascade.text_args(_cond(), 2, x.device)
     args["cond"].update(extra or {})
     with torch.no_grad():
         ours = sample_dpmpp_2m(stage.denoiser(settings), x, sigmas, extra_args=args)
