@@ -136,11 +136,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m comfyui_imagen", description="Imagen-style cascaded diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="text to image with a cascade (the bundled demo by default)")
-    g.add_argument("prompt")
-    g.add_argument("-o", "--output", default="out.png", help="PNG path (a batch writes NAME-0.png, NAME-1.png ...)")
+    g.add_argument("prompt", help="what to draw; the bundled demo draws captions such as 'a red circle to the left "
+                                  "of a blue square' or 'a small green square in the top left on a black background'")
+    g.add_argument("-o", "--output", default="out.png",
+                   help="PNG path (a batch writes NAME-0.png, NAME-1.png ...) (default: out.png)")
     g.add_argument("--negative", default="", help="negative prompt (default: the empty prompt)")
-    g.add_argument("--seed", type=int, default=0, help="image k of the batch uses seed + k")
-    g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0, help="image k of the batch uses seed + k (default: 0)")
+    g.add_argument("--batch-size", type=int, default=1, help="images per run (default: 1)")
     base, sr = DEFAULT_BASE.settings, DEFAULT_SR.settings
 
     def default(value) -> str:
@@ -162,12 +164,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="1: SR from pure noise; below 1: start from the bicubic upsampling noised to that fraction "
                         "of the schedule (SDEdit: keeps the layout, fewer steps)" + default(DEFAULT_SR.strength))
     g.add_argument("--t5", default=None, help="T5 encoder file or HF folder (default: the bundled demo T5)")
-    g.add_argument("--tokenizer", default=None, help="tokenizer folder for the T5 ('byte' for byte-level models)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer folder for the T5 ('byte' for byte-level models; default: found beside "
+                        "the T5, or the demo's byte-level one)")
     g.add_argument("--base", default=None, help="base stage file/folder (default: the bundled demo base)")
     g.add_argument("--sr", action="append", default=None,
                    help="an SR stage file/folder; repeat for 256 then 1024 (default: the bundled demo SR)")
     g.add_argument("--no-sr", action="store_true", help="stop after the base stage (64 px)")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
     g.add_argument("--dtype", default="auto",
                    help="the stages' dtype: auto (default: bf16 for fp16 files on a CPU with native bf16, fp32 "
                         "computed from the fp16 weights layer by layer on other CPUs, fp16 on CUDA; fp32 files stay "
