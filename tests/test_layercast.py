@@ -159,6 +159,12 @@ def test_first_layer_is_placed_on_the_run_device():
     unet = tiny_unet().to(OFFLOADED)
     comfy_compat.place_first_layer(unet, torch.device("cpu"))  # already there: nothing moves
     assert unet.conv_in.weight.dtype == OFFLOADED
+    # another device ("meta" stands in for a GPU here): the first parameter's layer moves, and only that layer
+    comfy_compat.place_first_layer(unet, torch.device("meta"))
+    moved = [name for name, p in unet.named_parameters() if p.device.type == "meta"]
+    assert next(unet.parameters()).device.type == "meta"
+    assert moved and all(name.rsplit(".", 1)[0] == moved[0].rsplit(".", 1)[0] for name in moved)
+    assert sum(p.device.type == "cpu" for p in unet.parameters()) == len(list(unet.parameters())) - len(moved)
 
 
 @pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run against its ModelPatcher")
