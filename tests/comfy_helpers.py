@@ -216,8 +216,34 @@ class VAEDecode(_Core):
         return (torch.full((z.shape[0], z.shape[2] * s, z.shape[3] * s, 3), 0.5),)
 
 
+class KSamplerSelect(_Core):
+    """A core SAMPLER: stands in for comfy.samplers.KSAMPLER (``sampler_function``, ``extra_options``); dpmpp_2m is
+    k-diffusion's own (tests/test_external.py), the others are not stood in for."""
+    SPEC = {"sampler_name": (KSAMPLER_SAMPLERS,)}
+    RETURN_TYPES = ("SAMPLER",)
+
+    def run(self, sampler_name):
+        from types import SimpleNamespace
+
+        from tests.test_external import kd_sample_dpmpp_2m
+
+        if sampler_name != "dpmpp_2m":
+            raise NotImplementedError(f"the stand-in KSamplerSelect has dpmpp_2m only, not {sampler_name!r}")
+        return (SimpleNamespace(sampler_function=kd_sample_dpmpp_2m, extra_options={}),)
+
+
+class SplitSigmas(_Core):
+    SPEC = {"sigmas": ("SIGMAS",), "step": ("INT", {"default": 0, "min": 0, "max": 10000})}
+    RETURN_TYPES = ("SIGMAS", "SIGMAS")
+    RETURN_NAMES = ("high_sigmas", "low_sigmas")
+
+    def run(self, sigmas, step):
+        return sigmas[:step + 1], sigmas[step:]
+
+
 CORE_NODES = {cls.__name__: cls for cls in (
-    SaveImage, PreviewImage, ImageCrop, ImageCropV2, SolidMask, MaskComposite, MaskToImage,
+    SaveImage, PreviewImage, ImageCrop, ImageCropV2, SolidMask, MaskComposite, MaskToImage, KSamplerSelect,
+    SplitSigmas,
     CheckpointLoaderSimple, CLIPTextEncode, SD_4XUpscale_Conditioning, KSampler, VAEDecode)}
 
 

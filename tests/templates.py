@@ -27,7 +27,8 @@ SIZES = {"ImagenT5Loader": (340, 90), "ImagenTextEncode": (400, 270), "ImagenMod
          "ImagenInpaint": (340, 680), "SaveImage": (340, 380), "PreviewImage": (340, 340), "Note": (400, 200),
          "ImageCropV2": (340, 400), "SolidMask": (300, 110), "MaskComposite": (300, 160), "MaskToImage": (220, 30),
          "CheckpointLoaderSimple": (340, 100), "CLIPTextEncode": (400, 180), "SD_4XUpscale_Conditioning": (320, 130),
-         "KSampler": (320, 290), "VAEDecode": (220, 50)}
+         "KSampler": (320, 290), "VAEDecode": (220, 50), "ImagenSamplerCustom": (340, 640),
+         "ImagenSigmas": (320, 110), "KSamplerSelect": (320, 60), "SplitSigmas": (320, 80)}
 DEMO = {"t5": "imagen-demo-t5.safetensors", "base": "imagen-demo-base64.safetensors",
         "sr": "imagen-demo-sr256.safetensors"}
 AUTO_SAMPLING = {"steps": 0, "cfg": 0.0, "sampler": "auto", "schedule": "auto", "dynamic_threshold": -1.0}
@@ -163,6 +164,28 @@ def templates() -> list[Template]:
                   [("sr_edit", _stage("ImagenSuperResolution", "sr", "edit_embeds", seed=11,
                                       links={"image": ("inpaint", 0)}))],
                   [("save", _save("sr_edit", "imagen/inpaint"))]]),
+        Template("Imagen custom sampler",
+                 "ComfyUI's own samplers over Imagen stages: KSamplerSelect picks a sampler, Imagen Sigmas gives "
+                 "each stage's noise levels (its recommended grid on auto), Imagen Custom Sampler runs them. The SR "
+                 "stage runs only the last 2 of its 15 levels (SplitSigmas' low_sigmas): a grid that starts below "
+                 "the stage's top starts from the bicubic upsampling, as the SR node's strength does. Any sampler "
+                 "pack's SAMPLER and the core sigma nodes (Flip, Split...) plug in the same way.",
+                 [loaders("a yellow triangle above a purple square on a gray background"),
+                  [("base_sigmas", Node("ImagenSigmas", {"schedule": "auto", "steps": 0}, {"model": ("base", 0)},
+                                        title="Base stage sigmas")),
+                   ("select", Node("KSamplerSelect", {"sampler_name": "dpmpp_2m"}))],
+                  [("sample", Node("ImagenSamplerCustom", {"seed": 9, "cfg": 0.0, "dynamic_threshold": -1.0},
+                                   {"model": ("base", 0), "embeds": ("embeds", 0), "sampler": ("select", 0),
+                                    "sigmas": ("base_sigmas", 0)}))],
+                  [("preview", _preview("sample", "64 px")),
+                   ("sr_sigmas", Node("ImagenSigmas", {"schedule": "auto", "steps": 0}, {"model": ("sr", 0)},
+                                      title="SR stage sigmas")),
+                   ("split", Node("SplitSigmas", {"step": 13}, {"sigmas": ("sr_sigmas", 0)}))],
+                  [("upscale", Node("ImagenSamplerCustom", {"seed": 9, "cfg": 0.0, "dynamic_threshold": -1.0,
+                                                            "noise_level": -1},
+                                    {"model": ("sr", 0), "embeds": ("embeds", 0), "sampler": ("select", 0),
+                                     "sigmas": ("split", 1), "image": ("sample", 0)}))],
+                  [("save", _save("upscale", "imagen/custom_sampler"))]]),
         Template("DeepFloyd IF to 1024 px",
                  "DeepFloyd IF stage I (64 px) and II (256 px) with this pack, then ComfyUI's own Stable Diffusion x4 "
                  "upscaler to 1024 (IF's stage III). Needs, from huggingface.co/DeepFloyd/IF-I-XL-v1.0 and "

@@ -12,7 +12,7 @@ from tests import comfy_helpers as ch
 UI_FILES = sorted(ch.WORKFLOWS.glob("*.json"))
 NAMES = [p.stem for p in UI_FILES]
 REQUIRED = {"Imagen text to image", "Imagen cascade to 1024 px", "DeepFloyd IF to 1024 px", "Imagen crop and upscale",
-            "Imagen image to image", "Imagen inpaint"}
+            "Imagen image to image", "Imagen inpaint", "Imagen custom sampler"}
 DEMO_TEMPLATES = sorted(REQUIRED - {"DeepFloyd IF to 1024 px"})
 
 
@@ -134,7 +134,8 @@ def test_models_a_fresh_install_lacks_carry_their_folder_for_the_missing_models_
 # Final image size of each workflow (the tiny test stages have the demo's sizes).
 OUTPUT_SIZES = {"Imagen text to image": (4, 64, 64), "Imagen cascade to 1024 px": (1, 1024, 1024),
                 "DeepFloyd IF to 1024 px": (1, 1024, 1024), "Imagen crop and upscale": (1, 256, 256),
-                "Imagen image to image": (1, 256, 256), "Imagen inpaint": (1, 256, 256)}
+                "Imagen image to image": (1, 256, 256), "Imagen inpaint": (1, 256, 256),
+                "Imagen custom sampler": (1, 256, 256)}
 # The DeepFloyd workflow names IF's files; on the tiny models they stand in for them.
 TINY_FOR = {"IF-I-XL-v1.0/unet/diffusion_pytorch_model.fp16.safetensors": "imagen-demo-base64.safetensors",
             "IF-II-L-v1.0/unet/diffusion_pytorch_model.fp16.safetensors": "imagen-demo-sr256.safetensors",
@@ -144,14 +145,17 @@ SAVED = sorted((ch.ROOT / "tests" / "fixtures" / "saved_workflows").glob("*.json
 
 
 def quick(prompt: dict) -> dict:
-    """The workflow with one sampler step per stage (a 1-step spacing instead of IF's fixed presets), RePaint
-    without resampling, and the tiny models in place of IF's files; everything else as shipped."""
+    """The workflow with one sampler step per stage (a 1-step spacing instead of IF's fixed presets, SplitSigmas
+    passing the whole grid), RePaint without resampling, and the tiny models in place of IF's files; everything else
+    as shipped."""
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"].startswith("Imagen") and "steps" in inputs:
             inputs.update(steps=1, schedule="karras")
         if "resample" in inputs:
             inputs["resample"] = 1
+        if node["class_type"] == "SplitSigmas":
+            inputs["step"] = 0  # a 1-step grid has nothing to split: the whole of it
         for key in ("t5_name", "model_name"):
             if key in inputs:
                 inputs[key] = TINY_FOR.get(inputs[key], inputs[key])
