@@ -217,19 +217,6 @@ def ensure_files(folder: Path, peer: bool) -> None:
 
 # -- measuring: a child per phase, sampled from outside --------------------------------------------------------------
 
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                    out[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -242,6 +229,8 @@ def measure(cmd: list[str], env: dict | None = None, interval: float = 0.02) -> 
     """Run ``cmd`` under ``/usr/bin/time -v`` (when there) and sample its process every ``interval`` s: peak RSS
     (time's maximum resident set size; the last VmHWM seen), peak RssAnon (sampled: the process's own memory, not
     the file pages it maps), wall time, and the command's last JSON line of stdout, if any."""
+    from comfyui_imagen.memory import process_memory
+
     timed = ["/usr/bin/time", "-v", *cmd] if Path("/usr/bin/time").exists() else cmd
     proc = subprocess.Popen(timed, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = {"RssAnon": 0, "VmHWM": 0, "RssFile": 0}
@@ -251,7 +240,7 @@ def measure(cmd: list[str], env: dict | None = None, interval: float = 0.02) -> 
         while not done.is_set():
             pids = _children(proc.pid) if timed is not cmd else [proc.pid]
             for pid in pids:
-                for key, value in _status(pid).items():
+                for key, value in process_memory(pid).items():
                     if key in peak:
                         peak[key] = max(peak[key], value)
             time.sleep(interval)

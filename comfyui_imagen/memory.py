@@ -87,6 +87,21 @@ def _meminfo_available() -> Optional[int]:
     return None
 
 
+def process_memory(pid: int) -> dict[str, int]:
+    """A process's VmRSS, VmHWM (the kernel's peak RSS), RssAnon and RssFile from /proc/<pid>/status, in bytes; {}
+    where /proc has no such process (or no such fields: not Linux). What the benchmarks and server tests sample."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def free_bytes(device: torch.device) -> Optional[int]:
     """Memory a run on ``device`` can still allocate: MemAvailable on the CPU (Linux), free plus PyTorch's unused
     cache on CUDA; None where it cannot be measured (no limit is applied then)."""

@@ -22,6 +22,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from comfyui_imagen.memory import process_memory
 from tests import comfy_helpers as ch
 from tests.comfy_helpers import DEMO_NAMES, write_tiny_stage, write_tiny_t5
 from tests.websocket import WebSocket
@@ -177,31 +178,16 @@ def start_comfyui(root: Path, input_dir: Path, *, port: int | None = None, links
             process.wait()
 
 
-def memory_status(pid: int) -> dict[str, int]:
-    """A process's VmRSS, VmHWM (the kernel's peak RSS), RssAnon and RssFile from /proc/<pid>/status, in bytes; {}
-    where /proc has no such process (or no such fields: not Linux)."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                    out[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-
 @contextlib.contextmanager
 def memory_peaks(pid: int, interval: float = 0.05):
-    """Yield a dict that holds, once the ``with`` block ends, the largest value of each `memory_status` field of
+    """Yield a dict that holds, once the ``with`` block ends, the largest value of each `process_memory` field of
     process ``pid`` sampled every ``interval`` s meanwhile (VmHWM's last value is the kernel's own peak RSS)."""
     peaks: dict[str, int] = {}
     done = threading.Event()
 
     def sample() -> None:
         while True:
-            for key, value in memory_status(pid).items():
+            for key, value in process_memory(pid).items():
                 peaks[key] = max(peaks.get(key, 0), value)
             if done.wait(interval):
                 return

@@ -1,5 +1,6 @@
 """The shipped templates, each written from one short description: nodes, links by input name, and a layout in
-which no two nodes overlap, with room under every sampler for the step preview ComfyUI draws in it.
+which no two nodes overlap, with room under every sampler for the step preview ComfyUI draws in it (and nothing
+placed under a sampler: the frontend may draw it taller than declared).
 
     python -m tests.templates        # rewrite workflows/*.json, then: python -m tests.comfy_helpers write-api
                                      #                                 python -m tests.comfy_helpers thumbnails
@@ -151,11 +152,11 @@ def templates() -> list[Template]:
                  "Upscale Image (64x64), and its MASK output into the mask input.",
                  [loaders("a red circle to the left of a green circle on a gray background",
                           "a red circle to the left of a blue square on a gray background"),
-                  [("sample", _stage("ImagenBaseSampler", "base", seed=11)),
+                  [("sample", _stage("ImagenBaseSampler", "base", seed=11))],
+                  [("preview", _preview("sample", "Before")),
                    ("blank", Node("SolidMask", {"value": 0.0, "width": 64, "height": 64}, title="Keep (black)")),
                    ("right", Node("SolidMask", {"value": 1.0, "width": 32, "height": 64}, title="Regenerate (white)"))],
-                  [("preview", _preview("sample", "Before")),
-                   ("mask", Node("MaskComposite", {"x": 32, "y": 0, "operation": "add"},
+                  [("mask", Node("MaskComposite", {"x": 32, "y": 0, "operation": "add"},
                                  {"destination": ("blank", 0), "source": ("right", 0)}, title="Mask: the right half")),
                    ("mask_image", Node("MaskToImage", {}, {"mask": ("mask", 0)})),
                    ("mask_preview", _preview("mask_image", "Mask"))],
@@ -201,8 +202,8 @@ def templates() -> list[Template]:
                    ("sr", _loader(IF_II, "DeepFloyd IF stage II (64 -> 256)", models=[
                        {"name": IF_II, "url": IF_URL.format(*IF_II.split("/", 1)), "directory": "imagen"}]))],
                   [("sample", _stage("ImagenBaseSampler", "base", title="IF stage I"))],
-                  [("sr256", _stage("ImagenSuperResolution", "sr", title="IF stage II", links={"image": ("sample", 0)})),
-                   ("preview", _preview("sr256", "256 px"))],
+                  [("sr256", _stage("ImagenSuperResolution", "sr", title="IF stage II", links={"image": ("sample", 0)}))],
+                  [("preview", _preview("sr256", "256 px"))],
                   [("x4", Node("CheckpointLoaderSimple", {"ckpt_name": "x4-upscaler-ema.safetensors"},
                                title="Stable Diffusion x4 upscaler (IF stage III)", models=[
                                    {"name": "x4-upscaler-ema.safetensors", "url": X4_URL, "directory": "checkpoints"}])),
@@ -214,8 +215,8 @@ def templates() -> list[Template]:
                   [("ksampler", Node("KSampler", {"steps": 20, "cfg": 9.0, "sampler_name": "euler",
                                                   "scheduler": "normal"},
                                      {"model": ("x4", 0), "positive": ("cond", 0), "negative": ("cond", 1),
-                                      "latent_image": ("cond", 2)})),
-                   ("decode", Node("VAEDecode", {}, {"samples": ("ksampler", 0), "vae": ("x4", 2)}))],
+                                      "latent_image": ("cond", 2)}))],
+                  [("decode", Node("VAEDecode", {}, {"samples": ("ksampler", 0), "vae": ("x4", 2)}))],
                   [("save", _save("decode", "imagen/deepfloyd_1024"))]]),
     ]
 

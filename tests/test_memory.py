@@ -124,3 +124,14 @@ def test_the_sampling_nodes_apply_the_ceiling(model_folders, monkeypatch):
     monkeypatch.setattr(comfy_compat, "free_memory", lambda device: 1)
     with pytest.raises(memory.MemoryLimitError, match="needs ~"):
         sampling.ImagenBaseSampler().sample(model, embeds, 0, 2, 4.0, "euler", "trailing", 0.95, 0, 0, 2)
+
+
+def test_process_memory_reads_this_process_and_nothing_for_a_missing_one():
+    import os
+
+    from comfyui_imagen.memory import process_memory
+
+    own = process_memory(os.getpid())
+    if own:  # Linux
+        assert set(own) == {"VmRSS", "VmHWM", "RssAnon", "RssFile"} and 0 < own["VmRSS"] <= own["VmHWM"]
+    assert process_memory(2**22 + 12345) == {}

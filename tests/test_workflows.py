@@ -95,6 +95,21 @@ def test_no_two_nodes_overlap(path):
                 f"{path.stem}: node {a['id']} ({a['type']}) overlaps node {b['id']} ({b['type']})"
 
 
+SAMPLER_NODES = {"ImagenBaseSampler", "ImagenSuperResolution", "ImagenImageToImage", "ImagenInpaint",
+                 "ImagenSamplerCustom", "KSampler"}
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=NAMES)
+def test_nothing_is_placed_under_a_sampler(path):
+    # a sampler grows by its step preview, and the frontend may draw it taller than declared: nothing below it
+    nodes = ch.load_json(path)["nodes"]
+    for a in (n for n in nodes if n["type"] in SAMPLER_NODES):
+        ax0, ay0, ax1, _ = _bounds(a)
+        below = [b for b in nodes if b is not a and _bounds(b)[1] >= ay0 and not (_bounds(b)[2] <= ax0 or
+                                                                                  ax1 <= _bounds(b)[0])]
+        assert not below, f"{path.stem}: {[b['type'] for b in below]} under {a['type']} (node {a['id']})"
+
+
 @pytest.mark.parametrize("name", DEMO_TEMPLATES)
 def test_demo_templates_need_nothing_a_fresh_install_lacks(name, classes):
     # no LoadImage (a fresh input/ is empty), only the bundled models, every sampling widget on "auto"

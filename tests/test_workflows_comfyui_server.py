@@ -293,7 +293,8 @@ def test_deepfloyd_workflow_runs_on_if_sized_files_within_the_memory_of_one_stag
     """
     from PIL import Image
 
-    from tests.comfy_server import memory_peaks, memory_status
+    from comfyui_imagen.memory import process_memory
+    from tests.comfy_server import memory_peaks
 
     links, t5 = _if_links(Path(IF_FILES))
     template = ch.load_json(ch.API_DIR / "DeepFloyd IF to 1024 px.json")
@@ -307,7 +308,7 @@ def test_deepfloyd_workflow_runs_on_if_sized_files_within_the_memory_of_one_stag
         assert set(wanted) <= set(stages), (wanted, stages)
         assert t5 in t5s, (t5, t5s)
         prompt = _if_stages_only(template, t5)
-        idle, start = memory_status(srv.pid), time.perf_counter()
+        idle, start = process_memory(srv.pid), time.perf_counter()
         with memory_peaks(srv.pid) as peaks:
             prompt_id, events = srv.run(prompt)
         wall = time.perf_counter() - start
