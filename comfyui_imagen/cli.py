@@ -9,10 +9,15 @@ plain bar on stderr.
 One model is in memory at a time (`pipeline.CascadeRunner`): the T5 encodes and is released before the base stage
 loads, each stage is released before the next (``--keep-models`` holds them all). The stages run in the device's
 dtype (``--dtype auto``, `comfyui_imagen.dtypes`: bf16 for IF's fp16 files on a CPU with native bf16).
+
+``generate --prompts FILE -o DIR`` draws every prompt of a file (text or JSONL; format, numbering, names and seeds:
+`comfyui_imagen.prompt_files`) with the models loaded once, skips the prompts whose files exist (a resumed run), and
+under ``torchrun --nproc_per_node N`` each process draws every N-th prompt, on CUDA on its LOCAL_RANK's GPU.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -121,14 +126,20 @@ def text_to_image(cascade: Cascade, prompts: list[str], *, negative: str = "", b
 
 
 def save_images(images: torch.Tensor, out: Path) -> list[Path]:
-    """One PNG per image: `out` itself for a batch of one, else out-0.png, out-1.png ..."""
+    """One file per image: `out` itself for a batch of one, else out-0.png, out-1.png ... (`image_names`). Each is
+    written under a temporary name in the same folder and renamed, so an interrupted run leaves no partial file."""
     from .images import to_pil
+    from .prompt_files import image_names
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out] if images.shape[0] == 1 else [out.with_name(f"{out.stem}-{k}{out.suffix}")
-                                                for k in range(images.shape[0])]
+    paths = [out.with_name(name) for name in image_names(out.name, images.shape[0])]
     for k, path in enumerate(paths):
-        to_pil(images, k).save(path)
+        part = path.with_name(f".{path.stem}.{os.getpid()}.part{path.suffix}")  # the suffix names the format
+        try:
+            to_pil(images, k).save(part)
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
     return paths
 
 
@@ -136,13 +147,26 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m comfyui_imagen", description="Imagen-style cascaded diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="text to image with a cascade (the bundled demo by default)")
-    g.add_argument("prompt", help="what to draw; the bundled demo draws captions such as 'a red circle to the left "
-                                  "of a blue square' or 'a small green square in the top left on a black background'")
-    g.add_argument("-o", "--output", default="out.png",
-                   help="PNG path (a batch writes NAME-0.png, NAME-1.png ...) (default: out.png)")
-    g.add_argument("--negative", default="", help="negative prompt (default: the empty prompt)")
-    g.add_argument("--seed", type=int, default=0, help="image k of the batch uses seed + k (default: 0)")
-    g.add_argument("--batch-size", type=int, default=1, help="images per run (default: 1)")
+    g.add_argument("prompt", nargs="?", default=None,
+                   help="what to draw (or --prompts FILE); the bundled demo draws captions such as 'a red circle to "
+                        "the left of a blue square' or 'a small green square in the top left on a black background'")
+    g.add_argument("--prompts", default=None, metavar="FILE",
+                   help='draw every prompt of FILE instead: one a line, or JSONL lines {"prompt": ..., "seed": ..., '
+                        '"negative": ..., "out": "NAME.png"} (seed, negative, out optional; blank lines skipped). '
+                        "Prompt n (line n + 1 of the file: blank lines keep their numbers) writes DIR/NNNNN.png "
+                        "(5 digits) unless it names its out; outputs that exist are skipped (resume). The models load "
+                        "once. "
+                        "Under torchrun --nproc_per_node N each process draws every N-th prompt")
+    g.add_argument("-o", "--output", default=None,
+                   help="PNG path (a batch writes NAME-0.png, NAME-1.png ...) (default: out.png); with --prompts, "
+                        "the folder for the images (default: out/, created)")
+    g.add_argument("--negative", default="", help="negative prompt (default: the empty prompt; with --prompts, a "
+                                                   "line's negative replaces it)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="image k of the batch uses seed + k (default: 0); with --prompts, prompt n's image k uses "
+                        "seed + n * batch-size + k, or the line's seed + k")
+    g.add_argument("--batch-size", type=int, default=1,
+                   help="images per run (default: 1); with --prompts, images per prompt: NNNNN-0.png, NNNNN-1.png ...")
     base, sr = DEFAULT_BASE.settings, DEFAULT_SR.settings
 
     def default(value) -> str:
@@ -170,14 +194,16 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--sr", action="append", default=None,
                    help="an SR stage file/folder; repeat for 256 then 1024 (default: the bundled demo SR)")
     g.add_argument("--no-sr", action="store_true", help="stop after the base stage (64 px)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu; under torchrun, cuda "
+                                                    "is each process's cuda:LOCAL_RANK)")
     g.add_argument("--dtype", default="auto",
                    help="the stages' dtype: auto (default: bf16 for fp16 files on a CPU with native bf16, fp32 "
                         "computed from the fp16 weights layer by layer on other CPUs, fp16 on CUDA; fp32 files stay "
                         "fp32), fp32, fp16 or bf16. The T5 keeps its file's dtype")
     g.add_argument("--keep-models", action="store_true",
                    help="hold the T5 and every stage until the end (their sum of memory); default: one at a time, "
-                        "the T5 released before the base stage loads, each stage before the next")
+                        "the T5 released before the base stage loads, each stage before the next (with --prompts "
+                        "always held: loaded once for every prompt)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -193,7 +219,23 @@ def check_output(path: str, flag: str = "--output", suffixes: tuple[str, ...] = 
         raise ValueError(f"{flag} {path!r}: the name must end in one of {', '.join(suffixes)} (e.g. out{suffixes[0]})")
     if out.is_dir():
         raise ValueError(f"{flag} {path!r} is a folder; give a file name inside it, e.g. {out / 'out'}{suffixes[0]}")
-    folder = out.parent
+    _check_writable(out.parent, flag, path)
+    return out
+
+
+def check_output_folder(path: str, flag: str = "--output") -> Path:
+    """The folder ``--prompts`` writes into, checked before anything runs: not a file or an image name, inside a
+    folder that exists (or can be made) and can be written to."""
+    out = Path(path).expanduser()
+    if out.suffix.lower() in IMAGE_SUFFIXES or (out.exists() and not out.is_dir()):
+        raise ValueError(f"{flag} {path!r}: with --prompts, -o is the folder the images go into (NNNNN.png ...); "
+                         f"give a folder, e.g. -o out/")
+    _check_writable(out, flag, path)
+    return out
+
+
+def _check_writable(folder: Path, flag: str, path: str) -> None:
+    """`folder`, or the nearest folder above it that exists, can be written to; ValueError naming `flag` if not."""
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
@@ -202,7 +244,6 @@ def check_output(path: str, flag: str = "--output", suffixes: tuple[str, ...] = 
         tempfile.TemporaryFile(dir=folder).close()  # what writing there will meet (permissions, read-only, /proc)
     except OSError as e:
         raise ValueError(f"{flag} {path!r}: cannot write to {folder} ({e.strerror or e}); pick another place") from None
-    return out
 
 
 def check_device(name: str) -> torch.device:
@@ -232,9 +273,15 @@ def check_args(args) -> None:
     from .settings import SamplingSettings
     from .validation import MAX_NOISE_LEVEL, MAX_STEPS, check_batch, check_strength
 
-    check_text(args.prompt, "the prompt")
+    if args.prompts is None:
+        check_text(args.prompt, "the prompt")
     check_text(args.negative, "--negative")
-    check_output(args.output)
+    if args.prompts is None:
+        check_output(args.output)
+    elif not Path(args.prompts).expanduser().is_file():
+        raise ValueError(f"--prompts {args.prompts}: no such file")
+    else:
+        check_output_folder(args.output)
     check_device(args.device)
     if args.dtype not in CLI_DTYPES:
         raise ValueError(f"--dtype {args.dtype!r}: use one of {', '.join(CLI_DTYPES)}")
@@ -277,26 +324,52 @@ def main(argv: Optional[list[str]] = None) -> int:
     """The command line; user errors print ``error: ...`` (exit 2), never a traceback."""
     args = _parser().parse_args(argv)
     try:
+        if (args.prompt is None) == (args.prompts is None):
+            raise ValueError("a prompt and --prompts FILE were both given; give one of them" if args.prompts else
+                             "nothing to draw: give a prompt (generate 'a red circle') or --prompts FILE")
+        from .prompt_files import launch_rank, read_prompt_file
+
+        rank, world, local_rank = launch_rank() if args.prompts else (0, 1, 0)
+        if world > 1 and args.device == "cuda":
+            args.device = f"cuda:{local_rank}"  # one GPU per process (torchrun's LOCAL_RANK)
+        args.output = args.output or ("out" if args.prompts else "out.png")
         check_args(args)
-        if args.t5 is None and args.base is None:
-            warning = demo_prompt_warning(args.prompt)
-            if warning:
-                print(warning, file=sys.stderr)
+        jobs = None if args.prompts is None else read_prompt_file(args.prompts, seed=args.seed,
+                                                                  negative=args.negative, batch_size=args.batch_size)
+        if args.t5 is None and args.base is None and rank == 0:
+            texts = [args.prompt] if jobs is None else [job.prompt for job in jobs]
+            outside = [w for w in map(demo_prompt_warning, texts) if w]
+            if outside:  # one warning for a prompt file too: its first prompt outside the grammar, and how many
+                print(outside[0] + (f" (prompts of {args.prompts} outside it: {len(outside)} of {len(texts)})"
+                                    if jobs else ""), file=sys.stderr)
+        device = torch.device(args.device)
+        if world > 1 and device.type == "cuda":
+            torch.cuda.set_device(device)
         from .pipeline import CascadeRunner
 
         load_t5, load_base, load_srs = cascade_loaders(args.t5, args.base, [] if args.no_sr else args.sr,
                                                        args.tokenizer, CLI_DTYPES[args.dtype], args.device)
-        runner = CascadeRunner(load_t5, load_base, load_srs, keep=args.keep_models)
+        runner = CascadeRunner(load_t5, load_base, load_srs, keep=args.keep_models or jobs is not None)
         flags = dict(sampler=args.sampler, steps=args.steps, cfg=args.cfg, spacing=args.spacing)
         sr_flags = dict(sampler=args.sr_sampler, steps=args.sr_steps, cfg=args.sr_cfg, spacing=args.spacing)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            outs = runner([args.prompt] * args.batch_size, negative=args.negative,
-                          base_settings=lambda stage: stage_settings(stage, args.seed, **flags),
-                          sr_settings=lambda stage: stage_settings(stage, args.seed, **sr_flags),
-                          noise_level=args.noise_level, sr_strength=args.sr_strength,
-                          progress=None if args.quiet else progress_bar)
-        paths = save_images(outs[-1], Path(args.output).expanduser())
+
+        def draw(prompts: list[str], negative: str, seed: int, progress=None) -> list[torch.Tensor]:
+            with torch.inference_mode():
+                return runner(prompts, negative=negative,
+                              base_settings=lambda stage: stage_settings(stage, seed, **flags),
+                              sr_settings=lambda stage: stage_settings(stage, seed, **sr_flags),
+                              noise_level=args.noise_level, sr_strength=args.sr_strength, progress=progress)
+
+        if jobs is not None:
+            summary = draw_prompt_file(draw, jobs, Path(args.output).expanduser(), batch_size=args.batch_size,
+                                       rank=rank, world=world, quiet=args.quiet)
+        else:
+            start = time.perf_counter()
+            outs = draw([args.prompt] * args.batch_size, args.negative, args.seed,
+                        None if args.quiet else progress_bar)
+            paths = save_images(outs[-1], Path(args.output).expanduser())
+            size = outs[-1].shape[-1]
+            summary = f"wrote {', '.join(map(str, paths))} ({size}x{size}, {time.perf_counter() - start:.1f}s)"
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -306,6 +379,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    size = outs[-1].shape[-1]
-    print(f"wrote {', '.join(map(str, paths))} ({size}x{size}, {time.perf_counter() - start:.1f}s)", file=sys.stderr)
+    print(summary, file=sys.stderr)
     return 0
+
+
+def draw_prompt_file(draw: Callable, jobs: list, folder: Path, *, batch_size: int = 1, rank: int = 0, world: int = 1,
+                     quiet: bool = False) -> str:
+    """Draw process `rank`'s share of a prompt file's `jobs` (`prompt_files.PromptJob`; rank r of `world` takes jobs
+    r, r + world ...) into `folder` with ``draw(prompts, negative, seed)`` (the cascade's outputs), skipping the jobs
+    whose files all exist; rank 0 draws a bar over its share. Returns the summary line."""
+    start = time.perf_counter()
+    mine = jobs[rank::world]
+    todo = [job for job in mine if not all((folder / name).exists() for name in job.outputs)]
+    folder.mkdir(parents=True, exist_ok=True)
+    bar = progress_bar("prompts" if world == 1 else f"rank 0/{world}: prompts") if rank == 0 and not quiet else None
+    if bar and todo:
+        bar({"step": -1, "total": len(todo)})  # 0/N
+    size = None
+    for done, job in enumerate(todo, 1):
+        outs = draw([job.prompt] * batch_size, job.negative, job.seed)
+        save_images(outs[-1], folder / job.name)
+        size = outs[-1].shape[-1]
+        if bar:
+            bar({"step": done - 1, "total": len(todo)})
+    prefix = f"rank {rank}/{world}: " if world > 1 else ""
+    images = len(todo) * batch_size
+    return (f"{prefix}wrote {images} image{'s' * (images != 1)} for {len(todo)} prompt{'s' * (len(todo) != 1)} to "
+            f"{folder}, skipped {len(mine) - len(todo)} existing ({f'{size}x{size}, ' if size else ''}"
+            f"{time.perf_counter() - start:.1f}s)")

@@ -133,8 +133,8 @@ def check_conditioning(stage: "Stage", cond: "Conditioning") -> None:
     want = stage.config.text_embed_dim
     if cond.width != want:
         raise ValueError(f"the text embeddings are {cond.width} wide but this model was trained on {want}-wide T5 "
-                         f"embeddings; in Imagen T5 Loader pick the T5 this model was trained with "
-                         f"({_t5_hint(want)})")
+                         f"embeddings; in Imagen T5 Loader (or the CLIP loader feeding Imagen Text Encode (CLIP's T5)) "
+                         f"pick the T5 this model was trained with ({_t5_hint(want)})")
 
 
 def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,10 @@ from . import comfy_compat  # noqa: E402
 from .interop import ImagenSamplerCustom, ImagenSigmas  # noqa: E402
 from .loaders import ImagenModelLoader, ImagenT5Loader  # noqa: E402
 from .sampling import ImagenBaseSampler, ImagenImageToImage, ImagenInpaint, ImagenSuperResolution  # noqa: E402
-from .text import ImagenTextEncode  # noqa: E402
+from .text import ImagenTextEncode, ImagenTextEncodeCLIP  # noqa: E402
 
 _NODES = (ImagenT5Loader, ImagenModelLoader, ImagenTextEncode, ImagenBaseSampler, ImagenSuperResolution,
-          ImagenImageToImage, ImagenInpaint, ImagenSamplerCustom, ImagenSigmas)
+          ImagenImageToImage, ImagenInpaint, ImagenSamplerCustom, ImagenSigmas, ImagenTextEncodeCLIP)
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in _NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {cls.__name__: cls.DISPLAY_NAME for cls in _NODES}

@@ -9,6 +9,7 @@ and no progress bar. This is the only module of the pack that imports ``comfy``,
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -106,6 +107,13 @@ def intermediate_device() -> torch.device:
     """Where node outputs live between nodes (ComfyUI's intermediate device; the CPU outside ComfyUI)."""
     mm = _comfy("comfy.model_management")
     return mm.intermediate_device() if mm is not None else torch.device("cpu")
+
+
+def device_context(device: torch.device):
+    """ComfyUI's ``cuda_device_context`` (0.33: the current CUDA device while a model runs on it), else a no-op."""
+    mm = _comfy("comfy.model_management")
+    context = getattr(mm, "cuda_device_context", None)
+    return context(device) if context is not None else contextlib.nullcontext()
 
 
 def free_memory(device: torch.device) -> int | None:

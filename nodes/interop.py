@@ -13,7 +13,7 @@ from comfyui_imagen.samplers import SEED_MAX
 from comfyui_imagen.settings import AUTO
 
 from .declare import image_output, node
-from .sampling import AUTO_TIP, CATEGORY, _image, _led_by, _noise_level, _noise_level_input, _run, _settings
+from .sampling import AUTO_TIP, CATEGORY, _image, _noise_level, _noise_level_input, _run, _settings, led_by
 
 CUSTOM_SAMPLER, SIGMAS_NODE = "Imagen Custom Sampler", "Imagen Sigmas"
 
@@ -64,7 +64,7 @@ class ImagenSamplerCustom:
 
     def sample(self, model, embeds, sampler, sigmas, seed, cfg, dynamic_threshold, width, height, batch_size,
                image=None, noise_level=-1):
-        with _led_by(CUSTOM_SAMPLER):
+        with led_by(CUSTOM_SAMPLER):
             function, options = _sampler_function(sampler)
             role = (model.config_stage or model.stage).config.role
             widgets = dict(seed=seed, steps=0, cfg=cfg, schedule=AUTO, dynamic_threshold=dynamic_threshold)
@@ -100,7 +100,7 @@ class ImagenSigmas:
         }}
 
     def sigmas(self, model, schedule, steps):
-        with _led_by(SIGMAS_NODE):
+        with led_by(SIGMAS_NODE):
             described = model.config_stage or model.stage
             settings = _settings(described, seed=0, steps=steps, cfg=0.0, schedule=schedule, dynamic_threshold=-1)
             return (described.sigmas(settings).float().cpu(),)

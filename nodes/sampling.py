@@ -106,7 +106,7 @@ OTHER_ROLE = {"sr": BASE_SAMPLER, "base": SUPER_RESOLUTION}
 
 
 @contextmanager
-def _led_by(title: str):
+def led_by(title: str):
     """The library's ValueErrors raised inside, led by the node's ``title`` (ComfyUI shows them on the node); the
     error keeps its class (a `MemoryLimitError` stays one)."""
     try:
@@ -163,7 +163,7 @@ class ImagenBaseSampler:
 
     def sample(self, model, embeds, seed, steps, cfg, sampler, schedule, dynamic_threshold, width, height,
                batch_size):
-        with _led_by(BASE_SAMPLER):
+        with led_by(BASE_SAMPLER):
             return _run(BASE_SAMPLER, "base", cascade.generate, model, embeds, width=width or None,
                         height=height or None, batch_size=batch_size,
                         widgets=dict(seed=seed, steps=steps, cfg=cfg, schedule=schedule,
@@ -202,7 +202,7 @@ class ImagenSuperResolution:
 
     def upscale(self, model, embeds, image, noise_level, seed, steps, cfg, sampler, schedule, dynamic_threshold,
                 width, height, strength=0.0):
-        with _led_by(SUPER_RESOLUTION):
+        with led_by(SUPER_RESOLUTION):
             return _run(SUPER_RESOLUTION, "sr", cascade.super_resolve, model, embeds, _image(image),
                         noise_level=_noise_level(model, noise_level), width=width or None,
                         height=height or None, strength=strength or None,
@@ -225,7 +225,7 @@ class ImagenImageToImage:
 
     def edit(self, model, embeds, image, strength, seed, steps, cfg, sampler, schedule, dynamic_threshold,
              noise_level, lowres_image=None):
-        with _led_by(IMAGE_TO_IMAGE):
+        with led_by(IMAGE_TO_IMAGE):
             return _run(IMAGE_TO_IMAGE, None, cascade.image_to_image, model, embeds, _image(image),
                         strength=strength, lowres_image=_lowres(lowres_image),
                         noise_level=_noise_level(model, noise_level),
@@ -251,7 +251,7 @@ class ImagenInpaint:
 
     def inpaint(self, model, embeds, image, mask, resample, seed, steps, cfg, schedule, dynamic_threshold,
                 noise_level, lowres_image=None):
-        with _led_by(INPAINT):
+        with led_by(INPAINT):
             return _run(INPAINT, None, cascade.inpaint, model, embeds, _image(image), from_comfy_mask(mask),
                         resample=resample, lowres_image=_lowres(lowres_image),
                         noise_level=_noise_level(model, noise_level),

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import torch
 
+from comfyui_imagen.text import T5Encoder as _T5Encoder
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 API_DIR = WORKFLOWS / "api"
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "BOUNDING_BOX"}
 VIRTUAL_NODES = {"Note", "MarkdownNote"}  # frontend-only: a text widget, never sent to the server
-FILE_INPUTS = {"t5_name", "model_name", "ckpt_name"}  # combos listing files
+FILE_INPUTS = {"t5_name", "model_name", "ckpt_name", "clip_name1", "clip_name2"}  # combos listing files
 SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
 KSAMPLER_SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
                      "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm", "ddim", "uni_pc"]
@@ -241,10 +243,71 @@ class SplitSigmas(_Core):
         return sigmas[:step + 1], sigmas[step:]
 
 
+class ComfyT5(_T5Encoder):
+    """Stands in for comfy.text_encoders.t5.T5: the same key names, its call signature and its tuple result."""
+
+    def forward(self, input_ids, attention_mask, embeds=None, num_tokens=None, **kwargs):
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().forward(input_ids, attention_mask), None
+
+
+class ClipModel(torch.nn.Module):
+    """Stands in for an SDClipModel: the encoder is its ``transformer``."""
+
+    def __init__(self, transformer: torch.nn.Module):
+        super().__init__()
+        self.transformer = transformer
+
+
+class FakeCLIP:
+    """Stands in for comfy.sd.CLIP: ``cond_stage_model``, ``patcher`` (load device, patches' uuid), ``load_model``."""
+
+    def __init__(self, **children):
+        import uuid
+        from types import SimpleNamespace
+
+        self.cond_stage_model = torch.nn.Module()
+        for name, child in children.items():
+            setattr(self.cond_stage_model, name, child)
+        self.patcher = SimpleNamespace(load_device=torch.device("cpu"), patches_uuid=uuid.uuid4())
+        self.loads = 0
+
+    def load_model(self, tokens=None):
+        self.loads += 1
+        return self.patcher
+
+
+def comfy_t5(config, state: dict) -> ComfyT5:
+    t5 = ComfyT5(config, device="meta")
+    t5.load_state_dict(state, assign=True)
+    return t5
+
+
+def flux_clip(config, state: dict) -> FakeCLIP:
+    """clip_l + t5xxl, as DualCLIPLoader (type flux) builds it, the T5 on the given weights."""
+    return FakeCLIP(clip_l=ClipModel(torch.nn.Linear(4, 4)), t5xxl=ClipModel(comfy_t5(config, state)))
+
+
+class DualCLIPLoader(_Core):
+    """A Flux-style CLIP whose T5 is the tiny T5 of `write_tiny_t5` with T5 v1.1's vocabulary (the file names are
+    not read: a test has no t5xxl)."""
+    SPEC = {"clip_name1": ("COMBO", {}), "clip_name2": ("COMBO", {}),
+            "type": (["sdxl", "sd3", "flux", "hunyuan_video", "hidream"],), "device": (["default", "cpu"],)}
+    RETURN_TYPES = ("CLIP",)
+
+    def run(self, clip_name1, clip_name2, type, device="default"):
+        from comfyui_imagen.text.config import infer_config
+        from comfyui_imagen.train.demo_t5 import build_demo_t5
+
+        state = {k: v.detach().clone() for k, v in build_demo_t5(vocab_size=32128, seed=0, **TINY_T5)
+                 .state_dict().items() if k != "encoder.embed_tokens.weight"}  # (tied to shared.weight)
+        return (flux_clip(infer_config({k: v.shape for k, v in state.items()}), state),)
+
+
 CORE_NODES = {cls.__name__: cls for cls in (
     SaveImage, PreviewImage, ImageCrop, ImageCropV2, SolidMask, MaskComposite, MaskToImage, KSamplerSelect,
     SplitSigmas,
-    CheckpointLoaderSimple, CLIPTextEncode, SD_4XUpscale_Conditioning, KSampler, VAEDecode)}
+    CheckpointLoaderSimple, CLIPTextEncode, SD_4XUpscale_Conditioning, KSampler, VAEDecode, DualCLIPLoader)}
 
 
 def all_node_classes() -> dict:

@@ -3,8 +3,8 @@
 
 ``start_comfyui(root, input_dir)`` runs ``main.py --cpu`` on a free port with an ``--extra-model-paths-config`` that
 adds this repository as a custom-nodes folder (as ``comfyui-imagen``) and a models folder of tiny random stages under
-the demo's file names (so workflows run in seconds on a CPU). Everything ComfyUI writes goes under ``root``; the
-checkout is only read.
+the demo's file names (so workflows run in seconds on a CPU), and the test-only nodes of tests/comfy_test_nodes.py.
+Everything ComfyUI writes goes under ``root``; the checkout is only read.
 """
 from __future__ import annotations
 
@@ -122,6 +122,11 @@ def write_models(models: Path) -> None:
     write_tiny_stage(models / "imagen" / DEMO_NAMES["sr"], "sr")
     write_tiny_t5(models / "text_encoders" / DEMO_NAMES["t5"])
     write_tiny_t5(models / "text_encoders" / T5XXL_TINY, vocab_size=32128)  # no tokenizer beside it
+    # its config in ComfyUI's form, for the test-only CLIP loader (tests/comfy_test_nodes.py)
+    config = {"d_ff": ch.TINY_T5["d_ff"], "d_kv": ch.TINY_T5["d_kv"], "d_model": ch.TINY_T5["d_model"],
+              "num_heads": ch.TINY_T5["num_heads"], "num_layers": ch.TINY_T5["num_layers"], "vocab_size": 32128,
+              "dense_act_fn": "gelu_pytorch_tanh", "is_gated_act": True, "model_type": "t5"}
+    (models / "text_encoders" / T5XXL_TINY).with_suffix(".json").write_text(json.dumps(config))
 
 
 def link_models(models: Path, links: dict[str, Path]) -> None:
@@ -142,6 +147,8 @@ def start_comfyui(root: Path, input_dir: Path, *, port: int | None = None, links
     custom = root / "custom_nodes"
     custom.mkdir()
     (custom / PACK).symlink_to(ch.ROOT, target_is_directory=True)
+    (custom / "imagen_test_nodes").mkdir()
+    (custom / "imagen_test_nodes" / "__init__.py").symlink_to(Path(__file__).with_name("comfy_test_nodes.py"))
     models = root / "models"
     write_models(models)
     link_models(models, links or {})

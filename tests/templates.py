@@ -29,11 +29,13 @@ SIZES = {"ImagenT5Loader": (340, 90), "ImagenTextEncode": (400, 270), "ImagenMod
          "ImageCropV2": (340, 400), "SolidMask": (300, 110), "MaskComposite": (300, 160), "MaskToImage": (220, 30),
          "CheckpointLoaderSimple": (340, 100), "CLIPTextEncode": (400, 180), "SD_4XUpscale_Conditioning": (320, 130),
          "KSampler": (320, 290), "VAEDecode": (220, 50), "ImagenSamplerCustom": (340, 640),
-         "ImagenSigmas": (320, 110), "KSamplerSelect": (320, 60), "SplitSigmas": (320, 80)}
+         "ImagenSigmas": (320, 110), "KSamplerSelect": (320, 60), "SplitSigmas": (320, 80),
+         "DualCLIPLoader": (340, 130), "ImagenTextEncodeCLIP": (400, 270)}
 DEMO = {"t5": "imagen-demo-t5.safetensors", "base": "imagen-demo-base64.safetensors",
         "sr": "imagen-demo-sr256.safetensors"}
 AUTO_SAMPLING = {"steps": 0, "cfg": 0.0, "sampler": "auto", "schedule": "auto", "dynamic_threshold": -1.0}
 T5XXL_URL = "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors"
+CLIP_L_URL = "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors"
 X4_URL = ("https://huggingface.co/stabilityai/stable-diffusion-x4-upscaler/resolve/main/"
           "x4-upscaler-ema.safetensors")
 IF_I = "IF-I-XL-v1.0/unet/diffusion_pytorch_model.fp16.safetensors"
@@ -66,6 +68,14 @@ def _t5(name=DEMO["t5"], **kw):
 
 def _encode(prompt, negative=""):
     return Node("ImagenTextEncode", {"prompt": prompt, "negative_prompt": negative}, {"t5": ("t5", 0)})
+
+
+def _if_loaders() -> list:
+    """DeepFloyd IF's stage I and II loaders, with their files' metadata for the Missing Models panel."""
+    return [("base", _loader(IF_I, "DeepFloyd IF stage I (64 px)", models=[
+                {"name": IF_I, "url": IF_URL.format(*IF_I.split("/", 1)), "directory": "imagen"}])),
+            ("sr", _loader(IF_II, "DeepFloyd IF stage II (64 -> 256)", models=[
+                {"name": IF_II, "url": IF_URL.format(*IF_II.split("/", 1)), "directory": "imagen"}]))]
 
 
 def _loader(name, title, **kw):
@@ -187,6 +197,28 @@ def templates() -> list[Template]:
                                     {"model": ("sr", 0), "embeds": ("embeds", 0), "sampler": ("select", 0),
                                      "sigmas": ("split", 1), "image": ("sample", 0)}))],
                   [("save", _save("upscale", "imagen/custom_sampler"))]]),
+        Template("DeepFloyd IF with Flux T5",
+                 "DeepFloyd IF stage I and II on the T5-XXL a Flux (or SD3) setup already has: DualCLIPLoader loads "
+                 "clip_l + t5xxl under ComfyUI's memory management (fp8 and GGUF loaders work too) and Imagen Text "
+                 "Encode (CLIP) encodes with the T5 inside, tokenized and masked as IF expects, so no second copy of "
+                 "the T5 is loaded. Needs IF-I-XL-v1.0/ and IF-II-L-v1.0/ in models/imagen (gated: accept the license "
+                 "on huggingface.co/DeepFloyd first), clip_l and t5xxl in models/text_encoders.",
+                 [[("clip", Node("DualCLIPLoader", {"clip_name1": "clip_l.safetensors",
+                                                    "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
+                                                    "device": "default"},
+                                 title="Flux's text encoders (clip_l + t5xxl)", models=[
+                                     {"name": "clip_l.safetensors", "url": CLIP_L_URL, "directory": "text_encoders"},
+                                     {"name": "t5xxl_fp16.safetensors", "url": T5XXL_URL,
+                                      "directory": "text_encoders"}])),
+                   ("embeds", Node("ImagenTextEncodeCLIP",
+                                   {"prompt": "a photo of a corgi wearing a red scarf, in the snow",
+                                    "negative_prompt": "blurry, low quality"}, {"clip": ("clip", 0)})),
+                   *_if_loaders()],
+                  [("sample", _stage("ImagenBaseSampler", "base", title="IF stage I"))],
+                  [("preview", _preview("sample", "64 px"))],
+                  [("sr256", _stage("ImagenSuperResolution", "sr", title="IF stage II",
+                                    links={"image": ("sample", 0)}))],
+                  [("save", _save("sr256", "imagen/deepfloyd_flux_t5"))]]),
         Template("DeepFloyd IF to 1024 px",
                  "DeepFloyd IF stage I (64 px) and II (256 px) with this pack, then ComfyUI's own Stable Diffusion x4 "
                  "upscaler to 1024 (IF's stage III). Needs, from huggingface.co/DeepFloyd/IF-I-XL-v1.0 and "
@@ -197,16 +229,15 @@ def templates() -> list[Template]:
                  [[("t5", _t5("t5xxl_fp16.safetensors", models=[
                      {"name": "t5xxl_fp16.safetensors", "url": T5XXL_URL, "directory": "text_encoders"}])),
                    ("embeds", _encode("a photo of a corgi wearing a red scarf, in the snow", "blurry, low quality")),
-                   ("base", _loader(IF_I, "DeepFloyd IF stage I (64 px)", models=[
-                       {"name": IF_I, "url": IF_URL.format(*IF_I.split("/", 1)), "directory": "imagen"}])),
-                   ("sr", _loader(IF_II, "DeepFloyd IF stage II (64 -> 256)", models=[
-                       {"name": IF_II, "url": IF_URL.format(*IF_II.split("/", 1)), "directory": "imagen"}]))],
+                   *_if_loaders()],
                   [("sample", _stage("ImagenBaseSampler", "base", title="IF stage I"))],
-                  [("sr256", _stage("ImagenSuperResolution", "sr", title="IF stage II", links={"image": ("sample", 0)}))],
+                  [("sr256", _stage("ImagenSuperResolution", "sr", title="IF stage II",
+                                    links={"image": ("sample", 0)}))],
                   [("preview", _preview("sr256", "256 px"))],
                   [("x4", Node("CheckpointLoaderSimple", {"ckpt_name": "x4-upscaler-ema.safetensors"},
                                title="Stable Diffusion x4 upscaler (IF stage III)", models=[
-                                   {"name": "x4-upscaler-ema.safetensors", "url": X4_URL, "directory": "checkpoints"}])),
+                                   {"name": "x4-upscaler-ema.safetensors", "url": X4_URL,
+                                    "directory": "checkpoints"}])),
                    ("pos", Node("CLIPTextEncode", {"text": "a photo of a corgi wearing a red scarf, in the snow"},
                                 {"clip": ("x4", 1)})),
                    ("neg", Node("CLIPTextEncode", {"text": "blurry, low quality"}, {"clip": ("x4", 1)})),

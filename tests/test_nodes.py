@@ -11,8 +11,8 @@ from nodes import comfy_compat, loaders, sampling, text
 from tests.comfy_helpers import DEMO_NAMES, write_tiny_t5
 
 NODE_IDS = ["ImagenT5Loader", "ImagenModelLoader", "ImagenTextEncode", "ImagenBaseSampler", "ImagenSuperResolution",
-            "ImagenImageToImage", "ImagenInpaint", "ImagenSamplerCustom", "ImagenSigmas"]
-OWN_TYPES = {"IMAGEN_T5", "IMAGEN_MODEL", "IMAGEN_TEXT_EMBEDS", "IMAGE", "MASK", "SAMPLER", "SIGMAS"}
+            "ImagenImageToImage", "ImagenInpaint", "ImagenSamplerCustom", "ImagenSigmas", "ImagenTextEncodeCLIP"]
+OWN_TYPES = {"IMAGEN_T5", "IMAGEN_MODEL", "IMAGEN_TEXT_EMBEDS", "IMAGE", "MASK", "SAMPLER", "SIGMAS", "CLIP"}
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 FAST = dict(seed=0, steps=2, cfg=3.0, sampler="euler", schedule="karras", dynamic_threshold=0.95)
 ONE = {**FAST, "steps": 1, "cfg": 1.0}  # one evaluation per step: for the large SR outputs

@@ -230,7 +230,7 @@ def test_every_v3_node_serves_its_v1_declaration(v3_probe):
 
 def test_v3_inputs_and_outputs_use_the_servers_typed_classes(v3_probe):
     typed = {"INT": "Int", "FLOAT": "Float", "STRING": "String", "BOOLEAN": "Boolean", "IMAGE": "Image",
-             "MASK": "Mask", "SAMPLER": "Sampler", "SIGMAS": "Sigmas"}
+             "MASK": "Mask", "SAMPLER": "Sampler", "SIGMAS": "Sigmas", "CLIP": "Clip"}
     for node_id, v1 in v3_probe["v1"].items():
         node = v3_probe["v3"][node_id]
         for section in v1["input"].values():

@@ -37,7 +37,7 @@ TEMPLATES = sorted(ch.WORKFLOWS.glob("*.json"))
 WIDTH, HEIGHT = 1600, 1000
 APP_TIMEOUT = 120
 QUEUE_TIMEOUT = 20  # from app.queuePrompt to the prompt on the server's queue
-MODEL_INPUTS = ("ckpt_name", "model_name", "t5_name")
+MODEL_INPUTS = ("ckpt_name", "model_name", "t5_name", "clip_name1", "clip_name2")
 # dialogs and toasts that say the template itself is wrong (its file, not the machine), e.g. 0.3.64's schema check
 WARNING = re.compile(r"invalid workflow|validation error|schema", re.IGNORECASE)
 

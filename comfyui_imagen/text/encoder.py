@@ -150,7 +150,7 @@ class T5TextEncoder:
 
     @property
     def device(self) -> torch.device:
-        return self.model.shared.weight.device
+        return self.model.device
 
     @property
     def compute_dtype(self) -> torch.dtype:

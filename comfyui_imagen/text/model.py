@@ -240,6 +240,10 @@ class T5Encoder(nn.Module):
         self.shared = CastEmbedding(config.vocab_size, config.d_model, device)
         self.encoder = T5Stack(config, device)
 
+    @property
+    def device(self) -> torch.device:
+        return self.shared.weight.device
+
     def set_compute_dtype(self, dtype: torch.dtype) -> "T5Encoder":
         """Activations in ``dtype``; the norm weights follow, the others stay as stored and are cast when used."""
         self.compute_dtype = dtype
