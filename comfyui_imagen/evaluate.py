@@ -7,7 +7,10 @@ Reports, for fixed seeds:
 2. the SR stage alone: PSNR against the ground-truth 256 px render when given the ground-truth 64 px render, beside
    bicubic upsampling's PSNR;
 3. quality against sampler steps: the fraction correct at 64 px for each sampler/steps pair (DDPM 100 vs DPM++ 2M at
-   10/15/25 ...), with seconds per image.
+   10/15/25 ...), with seconds per image;
+4. with ``--sr1024 FILE``, a 256 -> 1024 stage alone, as 2.: its PSNR against the 1024 px render when given the
+   256 px render, beside bicubic's (a few images: a 1024 px image takes seconds on a CPU). ``--n-seen 0 --n-heldout 0
+   --sweep '' --psnr-count 0`` measures only that.
 Everything is printed as Markdown; ``--json`` also writes the numbers.
 """
 from __future__ import annotations
@@ -97,15 +100,16 @@ def contact_sheet(prompts, images: dict, verdicts: dict, *, per_row: int = 8, sc
 
 
 def sr_psnr(cascade: Cascade, *, count: int, settings, noise_level: Optional[int] = None,
-            strength: Optional[float] = None, seed: int = 0, batch_size: int = 8) -> dict[str, float]:
-    """PSNR of the first SR stage on ground-truth renders of `count` dataset scenes ("all" split, `seed`), against
-    bicubic upsampling of the same 64 px input."""
+            strength: Optional[float] = None, seed: int = 0, batch_size: int = 8, stage=None) -> dict[str, float]:
+    """PSNR of an SR stage (default: the cascade's first) on ground-truth renders of `count` dataset scenes ("all"
+    split, `seed`) at its output resolution, given the renders at its input resolution, against bicubic upsampling
+    of the same input (the PSNR of each batch's pooled squared error, averaged over batches)."""
     from .cascade import Conditioning, super_resolve
     from .data import ShapesDataset
     from .images import resize
     from .train.batches import to_tensor
 
-    stage = cascade.srs[0]
+    stage = cascade.srs[0] if stage is None else stage
     hi, lo = stage.config.resolution, stage.config.lowres_resolution
     dataset = ShapesDataset(seed=seed, split="all")
     items = [dataset.item(i) for i in range(count)]
@@ -117,7 +121,8 @@ def sr_psnr(cascade: Cascade, *, count: int, settings, noise_level: Optional[int
         out = super_resolve(stage, cond, small, settings=settings, noise_level=noise_level, strength=strength)
         ours.append(psnr(out, target))
         bicubic.append(psnr(resize(small, hi, hi, mode="bicubic"), target))
-    return {"sr": float(np.mean(ours)), "bicubic": float(np.mean(bicubic)), "n": count}
+    return {"sr": float(np.mean(ours)), "bicubic": float(np.mean(bicubic)), "n": count, "resolution": hi,
+            "lowres_resolution": lo}
 
 
 def parse_sweep(text: str) -> list[tuple[str, int]]:
@@ -134,28 +139,38 @@ def parse_sweep(text: str) -> list[tuple[str, int]]:
 def evaluate(cascade: Cascade, *, n_seen: int, n_heldout: int, seed: int = 0, base_settings, sr_settings,
              noise_level: Optional[int] = None, sr_strength: Optional[float] = None,
              sweep: list[tuple[str, int]] = (), sweep_prompts: int = 8,
-             psnr_count: int = 16, batch_size: int = 16, grid: Optional[str] = None, log=lambda s: None) -> dict:
-    """All three measurements as one dict (see the module docstring); `grid`: also save the `contact_sheet` of the
-    judged prompts there."""
+             psnr_count: int = 16, batch_size: int = 16, grid: Optional[str] = None, sr1024=None,
+             sr1024_settings=None, sr1024_strength: Optional[float] = None, psnr1024_count: int = 4,
+             log=lambda s: None) -> dict:
+    """The measurements as one dict (see the module docstring; no prompts: no judging); `grid`: also save the
+    `contact_sheet` of the judged prompts there; `sr1024`: a loaded 256 -> 1024 stage to measure as the SR stage is,
+    with `sr1024_settings` and `sr1024_strength` (None: its recommended ones)."""
     from .data import evaluation_prompts, summarize
 
     prompts = evaluation_prompts(n_seen, n_heldout, seed)
     with_sr = bool(cascade.srs)
-    log(f"judging {len(prompts)} prompts ...")
-    images: Optional[dict] = {} if grid else None
-    verdicts, secs = judge_prompts(cascade, prompts, base_settings, sr_settings, batch_size=batch_size,
-                                   noise_level=noise_level, sr_strength=sr_strength, with_sr=with_sr, images=images)
-    if grid:
-        from PIL import Image
+    result = {"prompts": len(prompts), "accuracy": {}, "seconds_per_image": None,
+              "settings": {"base": base_settings.__dict__, "sr": sr_settings.__dict__, "noise_level": noise_level,
+                           "sr_strength": sr_strength}}
+    if prompts:
+        log(f"judging {len(prompts)} prompts ...")
+        images: Optional[dict] = {} if grid else None
+        verdicts, secs = judge_prompts(cascade, prompts, base_settings, sr_settings, batch_size=batch_size,
+                                       noise_level=noise_level, sr_strength=sr_strength, with_sr=with_sr,
+                                       images=images)
+        if grid:
+            from PIL import Image
 
-        Image.fromarray(contact_sheet(prompts, images, verdicts)).save(grid)
-    result = {"prompts": len(prompts), "accuracy": {key: summarize(v) for key, v in verdicts.items()},
-              "seconds_per_image": secs, "settings": {"base": base_settings.__dict__, "sr": sr_settings.__dict__,
-                                                      "noise_level": noise_level, "sr_strength": sr_strength}}
+            Image.fromarray(contact_sheet(prompts, images, verdicts)).save(grid)
+        result.update(accuracy={key: summarize(v) for key, v in verdicts.items()}, seconds_per_image=secs)
     if with_sr and psnr_count:
         log(f"SR PSNR on {psnr_count} renders ...")
         result["sr_psnr"] = sr_psnr(cascade, count=psnr_count, settings=sr_settings, noise_level=noise_level,
                                     strength=sr_strength)
+    if sr1024 is not None and psnr1024_count:
+        log(f"SR 1024 PSNR on {psnr1024_count} renders ...")
+        result["sr1024_psnr"] = sr_psnr(cascade, count=psnr1024_count, settings=sr1024_settings,
+                                        strength=sr1024_strength, batch_size=1, stage=sr1024)
     if sweep:
         subset = evaluation_prompts(sweep_prompts, sweep_prompts, seed)
         rows = []
@@ -188,11 +203,14 @@ def format_report(result: dict) -> str:
             row = summary[group]
             lines.append(f"| {group} | {row['n']} | {_pct(row['correct'])} | "
                          + " | ".join(_pct(row[a]) for a in ATTRIBUTES) + " |")
-    lines.append(f"\nSeconds per image (text encoding and every stage): {result['seconds_per_image']:.2f}")
-    if "sr_psnr" in result:
-        p = result["sr_psnr"]
-        lines.append(f"\n**SR 64→256 PSNR** on {p['n']} ground-truth renders: {p['sr']:.2f} dB "
-                     f"(bicubic {p['bicubic']:.2f} dB, {p['sr'] - p['bicubic']:+.2f} dB)")
+    if result["seconds_per_image"] is not None:
+        lines.append(f"\nSeconds per image (text encoding and every stage): {result['seconds_per_image']:.2f}")
+    for key in ("sr_psnr", "sr1024_psnr"):
+        if key in result:
+            p = result[key]
+            lines.append(f"\n**SR {p['lowres_resolution']}→{p['resolution']} PSNR** on {p['n']} ground-truth "
+                         f"renders: PSNR stage {p['sr']:.2f} dB, bicubic {p['bicubic']:.2f} dB, gain "
+                         f"{p['sr'] - p['bicubic']:+.2f} dB")
     if "sweep" in result:
         lines += ["\n**Quality against steps** (64 px, fraction correct)\n",
                   "| sampler | steps | all | seen | held-out | s/image |", "|---|---|---|---|---|---|"]
@@ -209,10 +227,10 @@ def check_args(args) -> list[tuple[str, int]]:
     from .settings import SamplingSettings
     from .validation import check_batch, check_strength
 
-    for flag in ("n_seen", "n_heldout", "sweep_prompts", "psnr_count"):
+    for flag in ("n_seen", "n_heldout", "sweep_prompts", "psnr_count", "psnr1024_count"):
         check_int(getattr(args, flag), "--" + flag.replace("_", "-"), 0)
-    if args.n_seen + args.n_heldout == 0:
-        raise ValueError("--n-seen and --n-heldout are both 0: nothing to judge")
+    if args.n_seen + args.n_heldout == 0 and not args.sr1024:
+        raise ValueError("--n-seen and --n-heldout are both 0: nothing to judge (they may be, with --sr1024)")
     check_batch(args.batch_size)
     if args.threads is not None:
         check_int(args.threads, "--threads", 1)
@@ -222,8 +240,11 @@ def check_args(args) -> list[tuple[str, int]]:
                          **({"spacing": args.spacing} if args.spacing else {}))
     if args.noise_level is not None:
         check_int(args.noise_level, "--noise-level", 0, 999)
-    if args.sr_strength is not None:
-        check_strength(args.sr_strength, "SR from pure noise")
+    for flag in ("sr_strength", "sr1024_strength"):
+        if getattr(args, flag) is not None:
+            check_strength(getattr(args, flag), "SR from pure noise")
+    if args.sr1024_steps is not None:
+        SamplingSettings(steps=args.sr1024_steps)
     sweep = parse_sweep(args.sweep)
     for sampler, steps in sweep:
         SamplingSettings(sampler=sampler, steps=steps)
@@ -256,6 +277,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--sweep", default=DEFAULT_SWEEP, help="SAMPLER:STEPS,... ('' for none)")
     p.add_argument("--sweep-prompts", type=int, default=8, help="seen and held-out prompts per group in the sweep")
     p.add_argument("--psnr-count", type=int, default=16)
+    p.add_argument("--sr1024", default=None, help="a 256 -> 1024 stage file: also report its PSNR (part 4)")
+    p.add_argument("--psnr1024-count", type=int, default=4, help="1024 px renders for the --sr1024 PSNR")
+    p.add_argument("--sr1024-steps", type=int, default=None, help="--sr1024 sampler steps (default: its recommended)")
+    p.add_argument("--sr1024-strength", type=float, default=None,
+                   help="--sr1024 SDEdit strength (default: its recommended)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", default=None, help="also write the numbers here")
     p.add_argument("--grid", default=None, help="also save a contact sheet of the judged images here (.png): per "
@@ -275,13 +301,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         if sr_stage is not None:  # recorded in the report as used
             args.noise_level = sr_stage.recommended.noise_level if args.noise_level is None else args.noise_level
             args.sr_strength = sr_stage.recommended.strength if args.sr_strength is None else args.sr_strength
+        sr1024 = sr1024_settings = None
+        if args.sr1024:
+            from .checkpoints import load_stage
+
+            sr1024 = load_stage(args.sr1024)
+            sr1024_settings = stage_settings(sr1024, args.seed, steps=args.sr1024_steps)
         with torch.inference_mode():
             result = evaluate(cascade, n_seen=args.n_seen, n_heldout=args.n_heldout, seed=args.seed,
                               base_settings=base, sr_settings=sr, noise_level=args.noise_level,
                               sr_strength=args.sr_strength, sweep=sweep,
                               sweep_prompts=args.sweep_prompts,
                               psnr_count=args.psnr_count, batch_size=args.batch_size, grid=args.grid,
-                              log=lambda s: print(s, file=sys.stderr, flush=True))
+                              sr1024=sr1024, sr1024_settings=sr1024_settings, sr1024_strength=args.sr1024_strength,
+                              psnr1024_count=args.psnr1024_count, log=lambda s: print(s, file=sys.stderr, flush=True))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

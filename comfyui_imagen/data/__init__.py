@@ -1,8 +1,10 @@
-"""The procedural "shapes" demo domain: scenes and captions, renderer, seeded dataset, correctness judge, evaluation.
+"""The procedural "shapes" demo domain: scenes and captions, renderer, seeded dataset, SR crop pairs, correctness judge,
+evaluation.
 
 Importing this package only imports numpy (no torch, no PIL, no file I/O). The domain is specified in the README
 ("The shapes demo domain"); `scenes` holds its vocabulary and grammar.
 """
+from .crops import CropCache, CropPair, CropSpec
 from .dataset import ShapesDataset, ShapesItem
 from .evaluation import EvalPrompt, evaluation_prompts, summarize
 from .judge import ATTRIBUTES, Measurement, ObjectVerdict, Verdict, judge
@@ -11,7 +13,7 @@ from .sampling import SPLITS, SceneDistribution, sample_scene
 from .scenes import (BACKGROUNDS, COLOURS, GRAMMAR, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, Scene, SceneObject,
                      format_caption, parse_caption)
 
-__all__ = ["ShapesDataset", "ShapesItem", "EvalPrompt", "evaluation_prompts", "summarize", "ATTRIBUTES",
-           "Measurement", "ObjectVerdict", "Verdict", "judge", "downsample", "render", "SPLITS", "SceneDistribution",
-           "sample_scene", "BACKGROUNDS", "COLOURS", "GRAMMAR", "HELDOUT_PAIRS", "POSITIONS", "SHAPES", "SIZES",
-           "Scene", "SceneObject", "format_caption", "parse_caption"]
+__all__ = ["CropCache", "CropPair", "CropSpec", "ShapesDataset", "ShapesItem", "EvalPrompt", "evaluation_prompts",
+           "summarize", "ATTRIBUTES", "Measurement", "ObjectVerdict", "Verdict", "judge", "downsample", "render",
+           "SPLITS", "SceneDistribution", "sample_scene", "BACKGROUNDS", "COLOURS", "GRAMMAR", "HELDOUT_PAIRS",
+           "POSITIONS", "SHAPES", "SIZES", "Scene", "SceneObject", "format_caption", "parse_caption"]

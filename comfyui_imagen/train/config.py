@@ -21,7 +21,10 @@ class TrainConfig:
     captions are replaced by the empty prompt so the model also learns the unconditional branch that classifier-free
     guidance needs (Ho & Salimans 2022; Imagen drops 10%). SR stages: the low-resolution image is noise-augmented at a
     level drawn uniformly from 0..`max_aug_level` (Imagen, section 2.5 "noise conditioning augmentation"), and
-    `crop` > 0 trains on random crops of that many pixels (the SR U-Net is fully convolutional).
+    `crop` > 0 trains on random crops of that many pixels (the SR U-Net is fully convolutional); with `crop_cache`
+    > 0 the crops come from a cache of that many pairs rendered once into the run folder, each crop only its window
+    and most of them centred on an edge (`comfyui_imagen.data.crops`: stage III, whose 1024 px targets are 4096-sample
+    supersamples).
     Data and noise of step s on rank r come from generators seeded by (seed, s, r), so a resumed run repeats an
     uninterrupted one exactly.
     """
@@ -39,6 +42,7 @@ class TrainConfig:
     snr_gamma: float = 5.0
     max_aug_level: int = 500
     crop: int = 0
+    crop_cache: int = 0
     precision: Precision = "fp32"
     seed: int = 0
     log_every: int = 10
@@ -56,6 +60,9 @@ class TrainConfig:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
         if self.crop < 0 or self.crop % 8:
             raise ValueError(f"crop must be 0 (whole image) or a positive multiple of 8, got {self.crop}")
+        if self.crop_cache < 0 or (self.crop_cache and not self.crop):
+            raise ValueError(f"crop_cache is 0 (crop every step's renders) or the number of cached crop pairs, which "
+                             f"needs crop > 0; got crop_cache={self.crop_cache}, crop={self.crop}")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -66,12 +73,18 @@ class TrainConfig:
                              warmup_steps=self.warmup_steps)
 
     def to_dict(self) -> dict:
-        """Plain JSON-able values; stored in the stage files it trains (`comfyui_imagen.checkpoints.save_stage`)."""
-        return dataclasses.asdict(self)
+        """Plain JSON-able values; stored in the stage files it trains (`comfyui_imagen.checkpoints.save_stage`).
+        Fields added since the demo shipped (`OPTIONAL_FIELDS`) are left out at their defaults, so stages that do not
+        use them are described as before."""
+        data = dataclasses.asdict(self)
+        return {k: v for k, v in data.items() if k not in OPTIONAL_FIELDS or v != OPTIONAL_FIELDS[k]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return dataclass_from_dict(cls, data)
+
+
+OPTIONAL_FIELDS = {"crop_cache": 0}  # name -> default
 
 
 def warmup_cosine(step: int, *, steps: int, lr: float, lr_final: float = 0.0, warmup_steps: int = 0,
@@ -101,16 +114,22 @@ DEMO_BASE_TRAIN = TrainConfig(steps=4000, batch_size=16, lr=1e-3, lr_final=1e-4,
 # ignores (min-SNR-5 left the SR output visibly noisy after 400 steps: 25 dB against bicubic's 34.5).
 DEMO_SR_TRAIN = TrainConfig(steps=3000, batch_size=8, lr=1e-3, lr_final=1e-4, warmup_steps=100, crop=128,
                             weighting="none", max_aug_level=500, save_every=100)
+# Stage III (256 -> 1024): the SR settings on 192 px crops (48 px of the 256 px input) from a cache of 8,192 pairs
+# (0.97 GB in the run folder, rendered once in under a minute), most crops centred on an edge.
+DEMO_SR1024_TRAIN = DEMO_SR_TRAIN.replace(steps=6000, crop=192, crop_cache=8192)
 # The shipped demo stages' whole runs (`python -m comfyui_imagen.train demo` makes them): (steps, stop_at) calls on
 # one run folder, in order. A call resumes the folder's state and re-aims the cosine at its `steps`, so each call
 # after the first is a warm restart (the learning rate rises again, then decays to lr_final); `stop_at` (None:
 # `steps`) ends the call early. A call whose stop is reached trains nothing: rerunning the list resumes a run.
 # Base: 4,000 steps (20% of prompts right), then a restart re-aimed at 11,500 and, from 6,500, at 10,000 (96%).
 # SR: 3,000 steps (+0.5 dB over bicubic), then a restart to 7,000 (+2.7 dB).
+# SR 1024: one run of DEMO_SR1024_TRAIN.steps.
 DEMO_SCHEDULES = {"base": ((4000, None), (11500, 6500), (10000, None)),
-                  "sr": ((3000, None), (7000, None))}
+                  "sr": ((3000, None), (7000, None)),
+                  "sr1024": ((DEMO_SR1024_TRAIN.steps, None),)}
 # For tests: a handful of steps.
 TINY_TRAIN = TrainConfig(steps=4, batch_size=2, lr=2e-3, lr_final=2e-3, warmup_steps=0, ema_decay=0.9,
                          log_every=1, save_every=2)
 
-PRESETS = {"demo-base": DEMO_BASE_TRAIN, "demo-sr": DEMO_SR_TRAIN, "tiny": TINY_TRAIN}
+PRESETS = {"demo-base": DEMO_BASE_TRAIN, "demo-sr": DEMO_SR_TRAIN, "demo-sr1024": DEMO_SR1024_TRAIN,
+           "tiny": TINY_TRAIN}

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import distributed as ddp
-from .batches import Batch, draw_batch, step_generator
+from .batches import Batch, crop_spec, draw_batch, step_generator
 from .config import TrainConfig
 from .ema import EMA
 from .objective import prediction_target, q_sample, snr_loss_weights, weighted_mse
@@ -94,7 +94,8 @@ def train(stage_config, config: TrainConfig, text_encoder, out_dir: str | os.Pat
           log: Callable[[str], None] | None = None) -> list[float]:
     """Train one stage; returns the per-step losses of this call (mean over processes).
 
-    `out_dir` receives ``state.pt``, ``train_log.jsonl`` and `stage_file` (the EMA weights as a native stage file).
+    `out_dir` receives ``state.pt``, ``train_log.jsonl`` and `stage_file` (the EMA weights as a native stage file),
+    and the crop cache when `config.crop_cache` asks for one (written once, reused by every later call).
     With `resume` an existing ``state.pt`` continues where it stopped; `stop_after` ends this call after that many
     steps (tests use it to interrupt a run). Data-parallel when launched by torchrun (see `distributed`).
     """
@@ -123,15 +124,22 @@ def train(stage_config, config: TrainConfig, text_encoder, out_dir: str | os.Pat
                                                         else None)
     schedule = get_schedule(stage_config.schedule, stage_config.num_train_timesteps)
     alphas_cumprod = schedule.alphas_cumprod.float()
-
     losses: list[float] = []
     end = config.steps if stop_after is None else min(config.steps, step + stop_after)
+    crops = None
+    if (spec := crop_spec(stage_config, config)) is not None and step < end:
+        from ..data import CropCache
+
+        if info.is_main:  # renders the cache the first time; the other ranks then open it
+            CropCache.open(out_dir, spec, log=log)
+        ddp.barrier(info)
+        crops = CropCache.open(out_dir, spec)
     model.train()
     t_last = time.perf_counter()
     while step < end:
         generator = step_generator(config.seed, step, info.rank)
         batch = draw_batch(stage_config, config, generator, step=step, rank=info.rank,
-                           world_size=info.world_size)
+                           world_size=info.world_size, crops=crops)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(step)
         loss = diffusion_loss(net, batch, text_encoder, stage_config, config, alphas_cumprod, generator, device)
