@@ -1,5 +1,6 @@
-"""T5TextEncoder.encode: IF-style padding and masks against transformers, truncation, negative prompts, the cache,
-compute dtypes, the model's arithmetic pieces and config inference."""
+"""T5TextEncoder.encode: IF-style padding and masks against transformers, truncation, negative prompts (one T5 batch
+with the prompts), the cache, compute dtypes, the model's arithmetic pieces, config inference, and the speed
+benchmark's tiny run."""
 from __future__ import annotations
 
 import json
@@ -98,7 +99,7 @@ def test_cache_hits_skip_the_model(t5):
     assert calls == [2, 1]                                # other settings: new key
     assert (t5.cache.hits, t5.cache.misses) == (2, 3)
     cond, uncond = t5.encode_for_guidance(["a cat", "a bird"])
-    assert calls == [2, 1, 1, 1]                          # "a bird" and "" were new; "" then serves both rows
+    assert calls == [2, 1, 2]                             # "a bird" and "" were new: one batch; "" serves both rows
     assert torch.equal(uncond.embeds[0], uncond.embeds[1])
     torch.testing.assert_close(uncond.embeds, t5.unconditional(2).embeds)
 
@@ -119,6 +120,94 @@ def test_negative_prompts(t5):
     torch.testing.assert_close(uncond.embeds, t5.encode(["not a", "not b"]).embeds)
     with pytest.raises(TextEncoderError, match="3 negative prompts for 2 prompts"):
         t5.encode_for_guidance(["a", "b"], ["x", "y", "z"])
+
+
+def forward_rows(t5) -> list[int]:
+    """Rows of every T5 pass the encoder makes from now on."""
+    rows = []
+    t5.model.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    return rows
+
+
+def two_passes(t5_file, prompts, negatives, **options):
+    """What encode_for_guidance returned before it batched both: encode(prompts), then encode(negatives), on a fresh
+    encoder (one cache, so the second call finds what the first encoded)."""
+    t5 = load_t5(t5_file, tokenizer="byte", compute_dtype=F32)
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    negatives = [negatives] * len(prompts) if isinstance(negatives, str) else negatives
+    return t5.encode(prompts, **options), t5.encode(negatives, **options)
+
+
+def assert_same_embeds(got: TextEmbeds, want: TextEmbeds) -> None:
+    """Equal masks; embeddings equal to rounding (the batch a row shares changes fp32 sums by ~1e-6)."""
+    assert torch.equal(got.mask, want.mask)
+    torch.testing.assert_close(got.embeds, want.embeds, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prompts, negatives, options, rows", [
+    ("a red circle", "", {}, [2]),                                         # the usual pair: one pass
+    (["a cat", "a dog", "a bird"], ["blurry", "", "a dog"], {}, [5]),      # "a dog" in both: one row
+    (["a cat", "A Dog"], "low quality", {"zero_padding": True, "preprocess_mode": "none"}, [3]),
+    ("a (red:1.5) circle", "a (blue:0.7) square", {"emphasis": True}, [1, 2]),   # "" first, alone, for the weights
+    ("(red:1.3) circle", "", {"emphasis": True}, [1, 1]),
+    ("(red:1.3) circle", "plain words", {"emphasis": True, "max_length": 24}, [1, 2]),
+], ids=["pair", "lists", "options", "weighted both", "weighted and empty", "weighted and plain"])
+def test_guidance_encodes_prompts_and_negatives_in_one_batch(t5_file, prompts, negatives, options, rows):
+    t5 = load_t5(t5_file, tokenizer="byte", compute_dtype=F32)
+    passes = forward_rows(t5)
+    options = dict(options)
+    max_length = options.pop("max_length", 77)
+    cond, uncond = t5.encode_for_guidance(prompts, negatives, max_length, **options)
+    assert passes == rows
+    want_cond, want_uncond = two_passes(t5_file, prompts, negatives, max_length=max_length, **options)
+    assert_same_embeds(cond, want_cond)
+    assert_same_embeds(uncond, want_uncond)
+    assert cond.embeds.shape[0] == uncond.embeds.shape[0] == (1 if isinstance(prompts, str) else len(prompts))
+
+
+def test_guidance_batches_only_what_the_cache_lacks(t5_file):
+    t5 = load_t5(t5_file, tokenizer="byte", compute_dtype=F32)
+    passes = forward_rows(t5)
+    t5.encode("a cat")
+    cond, uncond = t5.encode_for_guidance(["a cat", "a fish"], "")
+    assert passes == [1, 2]                                 # "a fish" and "" together; "a cat" from the cache
+    again = t5.encode_for_guidance(["a fish", "a cat"], "")
+    assert passes == [1, 2]                                 # all cached: no pass
+    assert torch.equal(again[0].embeds, cond.embeds.flip(0)) and torch.equal(again[1].embeds, uncond.embeds)
+    want = two_passes(t5_file, ["a cat", "a fish"], "")
+    assert_same_embeds(cond, want[0])
+    assert_same_embeds(uncond, want[1])
+    t5.batch_size = 2                                       # six new rows, two per pass
+    cond, uncond = t5.encode_for_guidance(["one", "two", "three"], ["not one", "not two", "not three"])
+    assert passes == [1, 2, 2, 2, 2]
+    want = two_passes(t5_file, ["one", "two", "three"], ["not one", "not two", "not three"])
+    assert_same_embeds(cond, want[0])
+    assert_same_embeds(uncond, want[1])
+
+
+def test_speed_benchmark_runs_in_tiny_mode(capsys):
+    """benchmarks/t5_speed.py end to end on one small layer: ours and transformers in child processes, the
+    upcast candidates and the layer variants, every cast checked bit for bit."""
+    from benchmarks import t5_speed
+    threads = torch.get_num_threads()
+    try:
+        report = t5_speed.main(["--synthetic-layers", "1", "--preset", "t5_v1_1_small", "--micro", "--repeats", "1",
+                                "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "ours / transformers: encode time" in printed and "upcast is" in printed
+    synthetic = report["synthetic"]
+    ours = synthetic["runs"]["ours"]
+    assert ours["passes_per_encode"] == 1 and ours["rows_per_pass"] == [2]     # prompt and "" in one batch
+    assert synthetic["time_ratio"] > 0 and 0 < synthetic["rss_ratio"]
+    assert synthetic["max_abs_diff"] < 0.1 * synthetic["peer_abs_max"]        # the same weights, both in bf16
+    assert all(report["micro"]["upcast_exact"].values())
+    for label, layer in report["micro"]["layer_ms"].items():
+        if label.startswith("now"):      # narrower matmuls per row block: the last bit may round otherwise
+            assert layer["max_diff_to_before"] < 0.05, label
+        else:                            # the same matmuls on the same weight values
+            assert layer["equal_to_before"], label
 
 
 @pytest.mark.parametrize("bad, match", [([], "non-empty list"), ([3], "must all be strings"),

@@ -180,6 +180,18 @@ def test_gguf_t5_stays_quantized_and_matches_transformers(tmp_path, qtype):
     torch.testing.assert_close(run(t5, ids, mask), oracle_hidden(ids, mask, TINY_K, state=held), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K"])
+def test_gguf_t5_block_by_block_matches_whole_weights(tmp_path, monkeypatch, qtype):
+    """CastLinear dequantizes GGML rows a block of rows at a time on a CPU: the same model output."""
+    from comfyui_imagen.text import model as t5_model
+    write_t5_gguf(tmp_path / "t5.gguf", encoder_state(TINY_K), TINY_K, qtype)
+    t5 = load_t5(tmp_path / "t5.gguf", tokenizer="byte", compute_dtype=F32)
+    ids, mask = sample_batch(TINY_K)
+    whole = run(t5, ids, mask)
+    monkeypatch.setattr(t5_model, "BLOCK_VALUES", 256 * 48)      # 48 rows of the 256-wide weights, 24 of wo's
+    torch.testing.assert_close(run(t5, ids, mask), whole, atol=1e-5, rtol=1e-5)
+
+
 def test_original_t5_ffn_up_is_wi_and_dtype_dequantizes_at_load(tmp_path):
     held = write_t5_gguf(tmp_path / "t5.gguf", encoder_state(TINY_RELU), TINY_RELU, "Q8_0")
     ids, mask = sample_batch(TINY_RELU)

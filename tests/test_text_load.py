@@ -1,4 +1,5 @@
-"""Loading T5 encoders from every layout users have, against transformers' T5EncoderModel on the same weights."""
+"""Loading T5 encoders from every layout users have, against transformers' T5EncoderModel on the same weights;
+the fp8 upcast (bit for bit torch's cast) and CastLinear's block-by-block cast."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,9 @@ from safetensors.torch import save_file
 
 from comfyui_imagen.text import (T5EncoderConfig, TextEncoderError, TextEncoderWarning, dequantize, load_t5,
                                  quantize_fp8, to_fp8_state_dict)
-from comfyui_imagen.text.fp8 import FP8_DTYPES
+from comfyui_imagen.text import fp8
+from comfyui_imagen.text import model as t5_model
+from comfyui_imagen.text.fp8 import FP8_DTYPES, upcast
 from comfyui_imagen.text.model import CastLinear
 from tests.test_text_support import (TINY_GATED, TINY_RELU, encoder_state, oracle_hidden, sample_batch,
                                      write_hf_folder)
@@ -252,3 +255,107 @@ def test_weights_are_not_copied_from_the_file_map(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")               # loading a well-formed file warns about nothing
         load_t5(tmp_path / "t5.safetensors", tokenizer="byte")
+
+
+# -- the fp8 upcast: bit for bit torch's cast, faster -----------------------------------------------------------------
+TARGETS = (torch.bfloat16, F32, torch.float16, torch.float64)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """A float tensor's bit pattern (NaN payloads included)."""
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def all_codes(fmt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 256 codes of an fp8 format, and the finite ones (254 e4m3fn, 248 e5m2) that the integer path takes."""
+    codes = torch.arange(256, dtype=torch.uint8).view(fmt)
+    return codes, codes[torch.isfinite(codes.float())]
+
+
+@pytest.mark.parametrize("fmt", FP8_DTYPES, ids=str)
+def test_upcast_is_the_torch_cast_bit_for_bit_on_every_code(fmt, monkeypatch):
+    codes, finite = all_codes(fmt)
+    assert len(finite) == {torch.float8_e4m3fn: 254, torch.float8_e5m2: 248}[fmt]
+    for dtype in TARGETS:
+        backwards = finite.view(torch.uint8).flip(0).view(fmt)
+        for t in (codes, finite, backwards, finite.repeat(4)[:960].view(30, 32).t()):   # last: not contiguous
+            assert torch.equal(bits(upcast(t, dtype)), bits(t.to(dtype))), (dtype, t.shape)
+        out = torch.full((len(finite),), 7.0, dtype=dtype)
+        assert upcast(finite, dtype, out=out).data_ptr() == out.data_ptr()
+        assert torch.equal(bits(out), bits(finite.to(dtype)))
+    monkeypatch.setattr(fp8, "UPCAST_CHUNK", 64)      # step by step; a NaN / inf code only in the last step
+    many = torch.cat([finite.repeat(3), codes])
+    for dtype in TARGETS:
+        for t in (finite.repeat(3), many, many.view(-1, 2)):
+            assert torch.equal(bits(upcast(t, dtype)), bits(t.to(dtype))), (dtype, t.shape)
+
+
+def test_upcast_while_subnormals_are_flushed():
+    """The integer path multiplies fp8 subnormals into range; with flush-to-zero on that would zero them."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        for fmt in FP8_DTYPES:
+            _, finite = all_codes(fmt)
+            for dtype in (torch.bfloat16, F32):
+                assert torch.equal(bits(upcast(finite, dtype)), bits(finite.to(dtype)))
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("fmt", FP8_DTYPES, ids=str)
+def test_dequantize_with_and_without_scales_is_the_torch_cast(fmt):
+    _, finite = all_codes(fmt)
+    w = finite.repeat(2)[:480].view(30, 16)
+    per_tensor, per_row = torch.tensor(0.0123), torch.linspace(0.5, 2.0, 30)
+    for dtype in (torch.bfloat16, F32, torch.float16):
+        assert torch.equal(bits(dequantize(w, None, dtype)), bits(w.to(dtype)))
+        for scale, shaped in ((per_tensor, per_tensor), (per_row, per_row[:, None])):
+            assert torch.equal(bits(dequantize(w, scale, dtype)), bits((w.float() * shaped).to(dtype)))
+
+
+def fp8_linear(rows: int, cols: int, scale: torch.Tensor | None, fmt=torch.float8_e4m3fn) -> CastLinear:
+    g = torch.Generator().manual_seed(rows)
+    layer = CastLinear(cols, rows)
+    layer.weight = torch.nn.Parameter((torch.randn(rows, cols, generator=g) * 20).to(fmt), requires_grad=False)
+    layer.weight_scale = scale
+    return layer
+
+
+@pytest.mark.parametrize("scale", [None, torch.tensor(0.01), torch.linspace(0.01, 0.02, 37)],
+                         ids=["no scale", "per tensor", "per row"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, F32], ids=str)
+def test_cast_linear_is_the_layer_on_the_torch_cast_weight(monkeypatch, scale, dtype):
+    """CastLinear on an fp8 weight: F.linear on ``weight.to(dtype)`` times the scale, whole or block by block."""
+    layer = fp8_linear(37, 24, scale)
+    x = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(1)).to(dtype)
+    want = torch.nn.functional.linear(x, layer.weight.to(dtype))
+    if scale is not None:
+        want = want * scale.to(dtype)
+    with torch.no_grad():
+        assert torch.equal(layer(x), want)                          # one block: the same matmul
+        monkeypatch.setattr(t5_model, "BLOCK_VALUES", 24 * 5)       # blocks of 5 rows, the last one of 2
+        # every output is still one dot product over all 24 inputs, but a narrower matmul may sum in another order
+        tolerance = (1e-5 if dtype == F32 else 1e-2) * float(want.abs().max())
+        torch.testing.assert_close(layer(x), want, atol=tolerance, rtol=0)
+
+
+def test_cast_linear_under_autograd_casts_the_whole_weight(monkeypatch):
+    """Autograd keeps the weight a matmul saw, so no block buffer is reused then; the gradients are exact."""
+    monkeypatch.setattr(t5_model, "BLOCK_VALUES", 16)               # one row per block, were blocks used
+    layer = fp8_linear(8, 16, torch.tensor(0.05))
+    x = torch.randn(3, 16, requires_grad=True)
+    layer(x).square().sum().backward()
+    x_ref = x.detach().clone().requires_grad_(True)
+    (torch.nn.functional.linear(x_ref, layer.weight.to(F32)) * 0.05).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("style", ["plain", "scaled_fp8"])
+def test_fp8_t5_block_by_block_matches_whole_weights(tmp_path, monkeypatch, style):
+    save_file(to_fp8_state_dict(encoder_state(), style=style), tmp_path / "t5.safetensors")
+    t5 = load_t5(tmp_path / "t5.safetensors", tokenizer="byte", compute_dtype=F32)
+    ids, mask = sample_batch()
+    whole = run(t5, ids, mask)
+    monkeypatch.setattr(t5_model, "BLOCK_VALUES", 32 * 7)           # 7 rows of the d_model-wide weights
+    torch.testing.assert_close(run(t5, ids, mask), whole, atol=1e-5, rtol=1e-5)   # (measured 1.7e-6)

@@ -227,7 +227,7 @@ class T5TextEncoder:
             content.append([i for piece in pieces for i in piece])
             if has_weights(key):
                 weights[key] = token_weight_row([len(p) for p in pieces], [w for _, w in key], max_length)
-        rows = dict(zip(keys, self._forward(self._pad(content, max_length, stacklevel=4))))
+        rows = dict(zip(keys, self._forward(self._pad(content, max_length, stacklevel=5))))
         for key, row_weights in weights.items():
             hidden, mask = rows[key]
             hidden = weigh_from_empty(hidden, empty[0], row_weights.to(hidden.device))
@@ -242,9 +242,9 @@ class T5TextEncoder:
         if not emphasis:
             return preprocess(prompt, preprocess_mode)
         if preprocess_mode == "clean":   # the cleaner removes parentheses: parse first, clean each piece
-            pieces = clean_pieces(prompt_pieces(prompt, stacklevel=4))
+            pieces = clean_pieces(prompt_pieces(prompt, stacklevel=5))
         else:
-            pieces = prompt_pieces(preprocess(prompt, preprocess_mode), stacklevel=4)
+            pieces = prompt_pieces(preprocess(prompt, preprocess_mode), stacklevel=5)
         if not is_plain(pieces):
             return pieces
         return pieces[0][0] if pieces else ""
@@ -259,15 +259,40 @@ class T5TextEncoder:
         ComfyUI's prompt weights, ``(red:1.3)``, ``((word))``, ``\\(`` for a literal parenthesis (`.emphasis`; after
         "lower" / "none" preprocessing, before "clean"); a prompt without that syntax encodes exactly as without it.
         """
+        return self._encode([_as_prompt_list(prompts)], max_length, preprocess_mode=preprocess_mode,
+                            zero_padding=zero_padding, emphasis=emphasis)[0]
+
+    def encode_for_guidance(self, prompts: str | Sequence[str], negative_prompts: str | Sequence[str] = "",
+                            max_length: int = 77, **options) -> tuple[TextEmbeds, TextEmbeds]:
+        """(conditional, unconditional) embeddings for classifier-free guidance, batch sizes equal; ``options`` as
+        for `encode`.
+
+        A single negative prompt (default "", IF's unconditional embedding) is used for every prompt; a list must
+        match the prompts one to one. Prompts and negative prompts missing from the cache share one T5 batch.
+        """
         prompts = _as_prompt_list(prompts)
+        negatives = _as_prompt_list(negative_prompts, "negative_prompts")
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        if len(negatives) != len(prompts):
+            raise TextEncoderError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one negative "
+                                   "prompt for all, or one per prompt")
+        cond, uncond = self._encode([prompts, negatives], max_length, **options)
+        return cond, uncond
+
+    def _encode(self, prompt_lists: list[list[str]], max_length: int, *, preprocess_mode: Preprocess = "lower",
+                zero_padding: bool = False, emphasis: bool = False) -> list[TextEmbeds]:
+        """`TextEmbeds` for each list of checked prompts; the keys none of the lists finds in the cache go through
+        one `_run` (``batch_size`` rows per T5 pass). Warnings point at the caller of `encode` /
+        `encode_for_guidance` (this is called directly by both)."""
         if preprocess_mode not in PREPROCESS_MODES:
             raise TextEncoderError(f"unknown preprocess_mode {preprocess_mode!r}; expected one of {PREPROCESS_MODES}")
         if not isinstance(max_length, int) or not 1 <= max_length <= MAX_LENGTH_LIMIT:
             raise TextEncoderError(f"max_length must be an integer in 1..{MAX_LENGTH_LIMIT}, got {max_length!r} "
                                    "(IF uses 77, imagen-pytorch up to 256)")
-        keys = [self._prompt_key(p, preprocess_mode, emphasis) for p in prompts]
+        key_lists = [[self._prompt_key(p, preprocess_mode, emphasis) for p in prompts] for prompts in prompt_lists]
         settings = (self.identity, self.tokenizer.name, str(self.device), str(self.compute_dtype), max_length)
-        found = {k: self.cache.get((settings, k)) for k in dict.fromkeys(keys)}
+        found = {k: self.cache.get((settings, k)) for k in dict.fromkeys(k for keys in key_lists for k in keys)}
         empty = None
         if any(v is None and not isinstance(k, str) and has_weights(k) for k, v in found.items()):
             empty = found[""] if "" in found else self.cache.get((settings, ""))
@@ -281,27 +306,14 @@ class T5TextEncoder:
             for key, row in self._run(missing, max_length, empty).items():
                 found[key] = row
                 self.cache.put((settings, key), row)
-        embeds = torch.stack([found[k][0] for k in keys])
-        mask = torch.stack([found[k][1] for k in keys])
-        if zero_padding:
-            embeds = embeds * mask.unsqueeze(-1).to(embeds.dtype)
-        return TextEmbeds(embeds, mask)
-
-    def encode_for_guidance(self, prompts: str | Sequence[str], negative_prompts: str | Sequence[str] = "",
-                            max_length: int = 77, **options) -> tuple[TextEmbeds, TextEmbeds]:
-        """(conditional, unconditional) embeddings for classifier-free guidance, batch sizes equal.
-
-        A single negative prompt (default "", IF's unconditional embedding) is used for every prompt; a list must
-        match the prompts one to one.
-        """
-        prompts = _as_prompt_list(prompts)
-        negatives = _as_prompt_list(negative_prompts, "negative_prompts")
-        if len(negatives) == 1:
-            negatives = negatives * len(prompts)
-        if len(negatives) != len(prompts):
-            raise TextEncoderError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; give one negative "
-                                   "prompt for all, or one per prompt")
-        return (self.encode(prompts, max_length, **options), self.encode(negatives, max_length, **options))
+        encoded = []
+        for keys in key_lists:
+            embeds = torch.stack([found[k][0] for k in keys])
+            mask = torch.stack([found[k][1] for k in keys])
+            if zero_padding:
+                embeds = embeds * mask.unsqueeze(-1).to(embeds.dtype)
+            encoded.append(TextEmbeds(embeds, mask))
+        return encoded
 
     def unconditional(self, batch_size: int = 1, max_length: int = 77, **options) -> TextEmbeds:
         """The empty-prompt embedding repeated ``batch_size`` times."""

@@ -23,6 +23,8 @@ from torch import nn
 from . import quant
 from .config import T5EncoderConfig
 
+BLOCK_VALUES = 1 << 22  # weight values a CPU `CastLinear` casts per matmul (8 MB in bf16: stays in L3)
+
 
 class StoredWeight:
     """How a layer holds its weight: as stored in a float dtype (fp8 included, with an optional ``weight_scale``), or
@@ -50,6 +52,12 @@ class CastLinear(StoredWeight, nn.Linear):
     dequantized to the input's dtype in ``forward``. An optional ``weight_scale`` (scaled fp8: W = W_stored * scale,
     per tensor or per output row) is applied to the output instead of the weight: x (W s)^T = (x W^T) s, one multiply
     of [.., out] instead of [out, in].
+
+    On a CPU (without autograd) the weight is cast a block of output rows at a time, ~`BLOCK_VALUES` values, into one
+    small buffer, and each block's matmul runs while the block is still in cache: casting a whole T5-XXL layer's
+    weights to bf16 writes 386 MB to memory for the matmuls to read back, and block by block the layer runs 1.3x
+    faster (400 against 530 ms on one AVX-512 core, benchmarks/t5_speed.py --micro). Every output is still one dot
+    product over all the inputs; only the matmul's blocking may change with its width (last-bit rounding).
     """
 
     weight_scale: torch.Tensor | None
@@ -64,7 +72,17 @@ class CastLinear(StoredWeight, nn.Linear):
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, quant.dequantize_weight(self.weight, self.qtype, x.dtype))
+        weight, dtype = self.weight, x.dtype
+        rows = max(1, BLOCK_VALUES // self.in_features)
+        as_is = self.qtype is None and weight.dtype == dtype
+        kept = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)  # autograd keeps the weight
+        if as_is or kept or x.device.type != "cpu" or rows >= self.out_features:
+            y = F.linear(x, quant.dequantize_weight(weight, self.qtype, dtype))
+        else:
+            buffer = torch.empty(rows * self.in_features, dtype=dtype)
+            y = torch.cat([F.linear(x, quant.dequantize_weight(block, self.qtype, dtype,
+                                                               out=buffer[:len(block) * self.in_features]))
+                           for block in weight.split(rows)], dim=-1)
         if self.weight_scale is not None:
             y = y * self.weight_scale.to(y.dtype).reshape(-1)
         return y
