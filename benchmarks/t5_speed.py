@@ -6,6 +6,7 @@ process; and the fp8 -> bf16 / fp32 weight upcast on its own (``--micro``).
     .venv/bin/python benchmarks/t5_speed.py --synthetic-layers 2                          # 2 random T5-XXL layers
     .venv/bin/python benchmarks/t5_speed.py --synthetic-layers 1 --preset t5_v1_1_small   # seconds (the test's run)
     .venv/bin/python benchmarks/t5_speed.py --micro                                      # upcast candidates, matmuls
+    python benchmarks/t5_speed.py --synthetic-layers 24 --device cuda                     # a whole XXL, on a GPU
 
 The transformers process reads the file with this package's reader (`read_encoder`: its keys, its scales) and
 dequantizes every tensor to bf16 (scaled fp8: W = W_fp8 * scale in fp32, then bf16), dropping the file's mapped pages
@@ -18,6 +19,11 @@ load and encodes (the fp8 file's mapped pages included), as ComfyUI would hold i
     ratios     ours / transformers, time and peak RSS; |diff| = max |ours - transformers| over all 2 x L x D values
                (both compute in bf16: on random synthetic weights it grows with depth, 0.2 after 2 XXL layers and 0.6
                after 4, each as far from an fp32 run as the other; in fp32 the two agree to 1e-4)
+
+``--device cuda`` runs both encoders there (ours: `load_t5(..., device="cuda")`, fp8 weights upcast per layer, bf16
+activations; transformers: the bf16 model moved there), the device synchronized around every timed encode, and adds
+each one's peak CUDA memory (torch.cuda.max_memory_allocated after the load: weights resident plus the encode).
+``--no-peer`` runs ours alone; ``--json FILE`` writes the report.
 
 Targets (issue #14): encode time <= 1.0x transformers' bf16, peak RSS <= 0.55x. Every process runs ``--threads``
 intra-op threads (default 2; ``--threads 1`` repeats better where other jobs share the CPUs). ``--micro`` times each
@@ -62,13 +68,21 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _encodes(encode, repeats: int) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def _encodes(encode, repeats: int, device: str = "cpu") -> dict:
     """Wall seconds of the first call and the best of ``repeats`` more, and the CPU seconds of that best (all threads
-    of this process: steadier than wall time on a shared machine)."""
+    of this process: steadier than wall time on a shared machine); on CUDA the device is synchronized around each."""
     runs = []
     for _ in range(1 + repeats):
+        _sync(device)
         cpu, wall = time.process_time(), time.perf_counter()
         encode()
+        _sync(device)
         runs.append((time.perf_counter() - wall, time.process_time() - cpu))
     best = min(runs[1:])
     return {"first_encode_s": runs[0][0], "encode_s": best[0], "encode_cpu_s": best[1]}
@@ -83,8 +97,10 @@ def child_ours(path: str, args) -> dict:
     base = rss()
     reset_peak()
     t0 = time.perf_counter()
-    t5 = load_t5(path, tokenizer=tokenizer)
+    t5 = load_t5(path, tokenizer=tokenizer, device=args.device)
+    _sync(args.device)
     load_s = time.perf_counter() - t0
+    _reset_device_peak(args.device)
     passes = []
     t5.model.register_forward_hook(lambda module, inputs, output: passes.append(inputs[0].shape[0]))
     result = {}
@@ -92,12 +108,27 @@ def child_ours(path: str, args) -> dict:
     def encode():
         t5.cache.clear()
         result["pair"] = t5.encode_for_guidance(args.prompt, args.negative)
-    timing = _encodes(encode, args.repeats)
+    timing = _encodes(encode, args.repeats, args.device)
     cond, uncond = result["pair"]
-    torch.save(torch.cat([cond.embeds, uncond.embeds]), args.out)
+    torch.save(torch.cat([cond.embeds, uncond.embeds]).cpu(), args.out)
     per_encode = len(passes) // (1 + args.repeats)
     return {"kind": "ours", "load_s": load_s, **timing, "peak_bytes": peak_rss() - base,
-            "compute": _name(t5.compute_dtype), "passes_per_encode": per_encode, "rows_per_pass": passes[:per_encode]}
+            "device_peak_bytes": _device_peak(args.device), "compute": _name(t5.compute_dtype),
+            "passes_per_encode": per_encode, "rows_per_pass": passes[:per_encode]}
+
+
+def _reset_device_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _device_peak(device: str) -> int | None:
+    """Peak bytes allocated on a CUDA device since the last `_reset_device_peak` (weights resident plus the encode)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+    return int(torch.cuda.max_memory_allocated(device))
 
 
 def _drop_mapped_pages(weights) -> None:
@@ -145,29 +176,32 @@ def child_peer(path: str, args) -> dict:
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise RuntimeError(f"state dict does not fit T5EncoderModel: missing {missing}, unexpected {unexpected}")
-    model.eval()
+    model.eval().to(args.device)
     del state, weights
     gc.collect()
+    _sync(args.device)
     load_s = time.perf_counter() - t0
     load_peak = peak_rss() - base
     reset_peak()
+    _reset_device_peak(args.device)
     batch = pad_and_truncate(tokenizer.tokenize([preprocess(p, "lower") for p in (args.prompt, args.negative)]),
                              args.max_length, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    ids, mask = batch.ids.to(args.device), batch.mask.long().to(args.device)
     result = {}
 
     def encode():
-        result["embeds"] = model(input_ids=batch.ids, attention_mask=batch.mask.long()).last_hidden_state.float()
-    timing = _encodes(encode, args.repeats)
-    torch.save(result["embeds"], args.out)
+        result["embeds"] = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+    timing = _encodes(encode, args.repeats, args.device)
+    torch.save(result["embeds"].cpu(), args.out)
     return {"kind": "transformers", "load_s": load_s, **timing, "peak_bytes": peak_rss() - base,
-            "load_peak_bytes": load_peak, "compute": "bfloat16",
+            "device_peak_bytes": _device_peak(args.device), "load_peak_bytes": load_peak, "compute": "bfloat16",
             "passes_per_encode": 1, "rows_per_pass": [len(batch.ids)]}
 
 
 def run_child(kind: str, path: Path, out: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, str(path), "--out", str(out), "--threads", str(args.threads),
            "--repeats", str(args.repeats), "--prompt", args.prompt, "--negative", args.negative,
-           "--max-length", str(args.max_length)]
+           "--max-length", str(args.max_length), "--device", args.device]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} child failed:\n{done.stderr[-3000:]}")
@@ -175,30 +209,41 @@ def run_child(kind: str, path: Path, out: Path, args) -> dict:
 
 
 def compare(path: Path, args) -> dict:
-    """Ours and transformers on the file at ``path``, printed as a table with the ratios."""
+    """Ours and transformers (unless ``--no-peer``) on the file at ``path``, printed as a table with the ratios."""
     import torch
+    kinds = ("ours",) if args.no_peer else ("ours", "transformers")
     folder = Path(tempfile.mkdtemp(prefix="t5_speed_"))
     try:
-        runs = {kind: run_child(kind, path, folder / f"{kind}.pt", args) for kind in ("ours", "transformers")}
-        ours, peer = (torch.load(folder / f"{kind}.pt") for kind in ("ours", "transformers"))
+        runs = {kind: run_child(kind, path, folder / f"{kind}.pt", args) for kind in kinds}
+        outputs = {kind: torch.load(folder / f"{kind}.pt") for kind in kinds}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    diff = float((ours - peer).abs().max())
+    gpu = args.device.startswith("cuda")
     print(f"{'':14} {'compute':>9} {'load s':>7} {'1st enc s':>9} {'enc s':>7} {'enc CPU s':>9} {'peak GB':>8} "
-          f"{'passes':>6}")
+          f"{'passes':>6}" + (f" {args.device + ' GB':>9}" if gpu else ""))
     for kind, r in runs.items():
-        print(f"{kind:14} {r['compute']:>9} {r['load_s']:7.2f} {r['first_encode_s']:9.2f} {r['encode_s']:7.2f} "
-              f"{r['encode_cpu_s']:9.2f} {r['peak_bytes'] / 1e9:8.3f} {r['passes_per_encode']:>6}")
+        print(f"{kind:14} {r['compute']:>9} {r['load_s']:7.2f} {r['first_encode_s']:9.3f} {r['encode_s']:7.3f} "
+              f"{r['encode_cpu_s']:9.3f} {r['peak_bytes'] / 1e9:8.3f} {r['passes_per_encode']:>6}"
+              + (f" {r['device_peak_bytes'] / 1e9:9.3f}" if gpu else ""))
+    summary = {"file": str(path), "file_bytes": path.stat().st_size, "device": args.device, "runs": runs}
+    if args.no_peer:
+        print("(transformers not run: --no-peer)")
+        return summary
     o, p = runs["ours"], runs["transformers"]
-    summary = {"file": str(path), "file_bytes": path.stat().st_size, "time_ratio": o["encode_s"] / p["encode_s"],
-               "cpu_time_ratio": o["encode_cpu_s"] / p["encode_cpu_s"],
-               "rss_ratio": o["peak_bytes"] / p["peak_bytes"], "max_abs_diff": diff,
-               "peer_abs_max": float(peer.abs().max()), "runs": runs}
+    ours, peer = outputs["ours"], outputs["transformers"]
+    diff = float((ours - peer).abs().max())
+    summary.update({"time_ratio": o["encode_s"] / p["encode_s"],
+                    "cpu_time_ratio": o["encode_cpu_s"] / p["encode_cpu_s"],
+                    "rss_ratio": o["peak_bytes"] / p["peak_bytes"], "max_abs_diff": diff,
+                    "peer_abs_max": float(peer.abs().max())})
+    if gpu:
+        summary["device_peak_ratio"] = o["device_peak_bytes"] / p["device_peak_bytes"]
+    peak = summary["device_peak_ratio" if gpu else "rss_ratio"]
     print(f"ours / transformers: encode time {summary['time_ratio']:.2f}x (CPU time {summary['cpu_time_ratio']:.2f}x; "
-          f"target <= 1.0), peak RSS {summary['rss_ratio']:.2f}x (target <= 0.55); "
+          f"target <= 1.0), peak {'memory on ' + args.device if gpu else 'RSS'} {peak:.2f}x "
+          f"(target <= 0.55{' for RSS on the CPU' if gpu else ''}); "
           f"max |ours - transformers| = {diff:.3g} (|transformers| <= {summary['peer_abs_max']:.3g}); "
-          f"transformers' load peaked at "
-          f"{p['load_peak_bytes'] / 1e9:.2f} GB")
+          f"transformers' load peaked at {p['load_peak_bytes'] / 1e9:.2f} GB of RSS")
     return summary
 
 
@@ -388,6 +433,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=77)
     parser.add_argument("--rows", type=int, default=2, help="--micro: batch rows of the matmuls")
     parser.add_argument("--scratch", default=None, help="folder for the synthetic file (default: the temp dir)")
+    parser.add_argument("--device", default="cpu", help="where both encoders run (cuda: peak device memory too)")
+    parser.add_argument("--no-peer", action="store_true", help="time ours alone (no transformers run)")
+    parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -417,6 +465,9 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(report, default=str))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, default=str, indent=1))
     return report
 
 

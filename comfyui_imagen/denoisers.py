@@ -39,7 +39,10 @@ class Denoiser(Protocol):
 def sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
     """sigma (float, 0-d or [B] tensor) as a [B] tensor on x's device, in x's dtype but at least float32 (IF's
     sigma_max ~ 2e4 squared overflows float16)."""
-    sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    if isinstance(sigma, (int, float)):  # filled on the device: no host-to-device copy (a CUDA stream sync) per step
+        return torch.full((x.shape[0],), float(sigma), dtype=dtype, device=x.device)
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=dtype)
     if sigma.ndim == 0:
         return sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):

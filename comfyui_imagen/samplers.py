@@ -213,7 +213,9 @@ def sample_ddpm(denoiser, x, sigmas, *, extra_args=None, callback=None, generato
             log_beta = math.log((s2 - n2) / (1 + s2))
             log_beta_tilde = log_beta + math.log(n2 * (1 + s2) / ((1 + n2) * s2))
             log_var = log_beta_tilde + frac * (log_beta - log_beta_tilde)
-            std = torch.exp(0.5 * (torch.as_tensor(log_var, dtype=x.dtype, device=x.device) + math.log1p(n2)))
+            log_var = (log_var.to(device=x.device, dtype=x.dtype) if isinstance(log_var, torch.Tensor)
+                       else torch.full((), log_var, dtype=x.dtype, device=x.device))  # filled there: no CUDA sync
+            std = torch.exp(0.5 * (log_var + math.log1p(n2)))
             x = x0 + (n2 / s2) * (x - x0) + std * _noise(x, generator, "sample_ddpm")
         _report(callback, i, sigmas, x, x0, s, s_next)
     return x

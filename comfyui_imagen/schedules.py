@@ -83,10 +83,16 @@ def _check_num_timesteps(num_timesteps: int) -> None:
 # schedules
 # --------------------------------------------------------------------------------------------------------------------
 
-def _table(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A float64 lookup table on `like`'s device (float32 on MPS, which has no float64)."""
-    dtype = torch.float32 if like.device.type == "mps" else torch.float64
-    return values.to(device=like.device, dtype=dtype)
+def _table(values: torch.Tensor, like: torch.Tensor, cache: dict) -> torch.Tensor:
+    """A float64 lookup table on `like`'s device (float32 on MPS, which has no float64), copied there once per device
+    and kept in `cache`: a host-to-device copy at every denoiser call would synchronize the CUDA stream each time.
+    The copy is an ordinary tensor even when first made under ComfyUI's inference mode."""
+    table = cache.get(like.device)
+    if table is None:
+        dtype = torch.float32 if like.device.type == "mps" else torch.float64
+        with torch.inference_mode(False):
+            table = cache[like.device] = values.to(device=like.device, dtype=dtype)
+    return table
 
 
 def _as_float_tensor(value) -> torch.Tensor:
@@ -113,6 +119,7 @@ class DiscreteSchedule:
         self.alphas_cumprod = ac
         self.sigmas = alpha_bar_to_sigma(ac)
         self.log_sigmas = self.sigmas.log()
+        self._tables: dict = {}  # log_sigmas per device (`_table`)
 
     @classmethod
     def from_betas(cls, betas: torch.Tensor) -> "DiscreteSchedule":
@@ -142,7 +149,7 @@ class DiscreteSchedule:
         """The model's (fractional) timestep for `sigma`: linear in log-sigma between the discrete steps, clamped to
         [0, T-1] (k-diffusion ``DiscreteSchedule.sigma_to_t``). Same dtype/device as `sigma`."""
         sigma = _as_float_tensor(sigma)
-        log_sigmas = _table(self.log_sigmas, sigma)
+        log_sigmas = _table(self.log_sigmas, sigma, self._tables)
         log_sigma = sigma.to(log_sigmas.dtype).clamp(min=1e-30).log()
         high = torch.searchsorted(log_sigmas, log_sigma.reshape(-1)).clamp(1, self.num_timesteps - 1)
         high = high.reshape(sigma.shape)
@@ -153,7 +160,7 @@ class DiscreteSchedule:
     def t_to_sigma(self, t) -> torch.Tensor:
         """sigma at (fractional) timestep `t`, interpolating log-sigma linearly (k-diffusion ``t_to_sigma``)."""
         t = _as_float_tensor(t)
-        log_sigmas = _table(self.log_sigmas, t)
+        log_sigmas = _table(self.log_sigmas, t, self._tables)
         tc = t.to(log_sigmas.dtype).clamp(0, self.num_timesteps - 1)
         low = tc.floor().long().clamp(max=self.num_timesteps - 2)
         w = tc - low

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from comfyui_imagen.denoisers import make_denoiser
-from comfyui_imagen.guidance import (CFGDenoiser, Thresholded, batch_cond_uncond, dynamic_threshold,
+from comfyui_imagen.guidance import (CFGDenoiser, Thresholded, batch_cond_uncond, dynamic_threshold, row_quantile,
                                      static_threshold)
 from comfyui_imagen.schedules import get_schedule
 
@@ -115,3 +115,23 @@ def test_cond_batching_pads_sequences_shares_missing_keys_and_rejects_mismatches
         batch_cond_uncond({"e": torch.ones(1, 2, 4)}, {"e": torch.ones(1, 2, 5)})
     with pytest.raises(ValueError, match="needs an unconditional branch"):
         CFGDenoiser(Counting(), 3.0)(torch.zeros(1, 3, 2, 2), 1.0, cond={"c": torch.zeros(1, 3)})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_quantile_is_torch_quantile_bit_for_bit(dtype):
+    """The order-statistic selection equals torch.quantile's sort-and-lerp, ties, infinities and NaN rows included,
+    for percentiles whose rank falls on and between elements."""
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.randn(3, 4096, generator=g, dtype=dtype).abs(),             # 64 px x 3 channels / 3 rows
+             torch.randint(0, 4, (4, 1000), generator=g).to(dtype),             # heavy ties
+             torch.rand(2, 7, generator=g, dtype=dtype), torch.rand(1, 1, dtype=dtype)]
+    special = torch.rand(4, 301, generator=g, dtype=dtype)
+    special[0, :200] = float("inf")
+    special[1, 5] = float("nan")
+    special[2, :] = 0.0
+    cases.append(special)
+    for values in cases:
+        for q in (0.95, 0.5, 0.995, 1.0, 1e-3, 0.9):
+            ours, theirs = row_quantile(values, q), torch.quantile(values, q, dim=1)
+            assert torch.equal(ours.isnan(), theirs.isnan()), (values.shape, q)
+            assert torch.equal(torch.nan_to_num(ours), torch.nan_to_num(theirs)), (values.shape, q)
