@@ -329,7 +329,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "nothing to draw: give a prompt (generate 'a red circle') or --prompts FILE")
         from .prompt_files import launch_rank, read_prompt_file
 
-        rank, world, local_rank = launch_rank() if args.prompts else (0, 1, 0)
+        rank, world, local_rank = launch_rank()
+        if world > 1 and args.prompts is None:
+            raise ValueError(f"under torchrun ({world} processes) every process would draw the same prompt into the "
+                             f"same file; give --prompts FILE to share a file's prompts out, or run without torchrun")
+        if world > 1 and args.device.startswith("cuda:"):
+            raise ValueError(f"--device {args.device} under torchrun would put every process on one GPU; give "
+                             f"--device cuda (each process takes its LOCAL_RANK's GPU)")
         if world > 1 and args.device == "cuda":
             args.device = f"cuda:{local_rank}"  # one GPU per process (torchrun's LOCAL_RANK)
         args.output = args.output or ("out" if args.prompts else "out.png")

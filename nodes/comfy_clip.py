@@ -85,7 +85,9 @@ def clip_encoder(clip):
     # token ids start, and the embeddings come back (and are cached), on ComfyUI's intermediate device (the CPU),
     # never holding GPU memory that ComfyUI's model management does not see
     hosted = HostedT5(functools.partial(_run, clip, transformer), _shapes(transformer), source=source,
-                      device=cc.intermediate_device())
+                      device=cc.intermediate_device(),
+                      nan_fix="in the CLIP loader pick another copy of the t5xxl file (t5xxl_fp16 rather than an fp8 "
+                              "or low-bit GGUF one), or use Imagen T5 Loader")
     config = hosted.config
     if config.vocab_size != T5_V1_1_VOCAB:
         raise ValueError(f"{source} has {config.vocab_size} token embeddings, not T5 v1.1's {T5_V1_1_VOCAB} (a "

@@ -113,9 +113,15 @@ def loads_counted(monkeypatch):
     (["--prompts", "{p}", "-o", "{tmp}/o.png"], r"with --prompts, -o is the folder the images go into"),
     (["--prompts", "{p}", "-o", "{p}"], r"with --prompts, -o is the folder"),
     (["--prompts", "{bad}"], r"bad\.txt line 2: unknown key 'sed'"),
+    (["a red circle", "TORCHRUN"], r"under torchrun \(2 processes\) every process would draw the same prompt"),
+    (["--prompts", "{p}", "--device", "cuda:1", "TORCHRUN"], r"--device cuda:1 under torchrun would put every"),
 ])
 def test_cli_refuses_before_loading_a_model(tmp_path, monkeypatch, capsys, args, match):
     loads = loads_counted(monkeypatch)
+    if "TORCHRUN" in args:  # as torchrun --nproc_per_node 2 sets it for the first process
+        args = [a for a in args if a != "TORCHRUN"]
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+            monkeypatch.setenv(key, value)
     files = {"{p}": write(tmp_path, "a red circle"), "{tmp}": tmp_path,
              "{bad}": write(tmp_path, '{"prompt": "a"}\n{"prompt": "b", "sed": 1}', "bad.txt")}
     for key, value in files.items():

@@ -65,6 +65,10 @@ def test_hosted_t5_checks_what_the_host_returns(ours):
     hosted = HostedT5(lambda ids, mask: torch.zeros(1, 3, 5), shapes, source="a test host")
     with pytest.raises(TextEncoderError, match=r"a test host returned hidden states \(1, 3, 5\), expected"):
         T5TextEncoder(hosted, load_tokenizer(SHARED_T5)).encode("a red circle")
+    nan = HostedT5(lambda ids, mask: torch.full((*ids.shape, ours.config.d_model), float("nan")), shapes,
+                   nan_fix="pick another copy in the host")
+    with pytest.raises(TextEncoderError, match="NaN or Inf embeddings: .*; pick another copy in the host$"):
+        T5TextEncoder(nan, load_tokenizer(SHARED_T5)).encode("a red circle")
     with pytest.raises(TextEncoderError, match="not a complete T5 encoder"):
         HostedT5(lambda ids, mask: None, {"encoder.block.0.layer.0.SelfAttention.q.weight": (8, 8)})
 

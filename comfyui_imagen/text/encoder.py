@@ -203,9 +203,10 @@ class T5TextEncoder:
                 mask = batch.mask[start:start + self.batch_size].to(self.device)
                 hidden = self.model(ids, mask).float()
                 if not all_finite(hidden):
+                    fix = getattr(self.model, "nan_fix", None) or (f"load it with dtype fp32 or bf16, or use "
+                                                                   f"another copy of the file")
                     raise TextEncoderError(f"T5 produced NaN or Inf embeddings: its weights are damaged or "
-                                           f"overflowed in {self.compute_dtype}; load it with dtype fp32 or bf16, or "
-                                           f"use another copy of the file")
+                                           f"overflowed in {self.compute_dtype}; {fix}")
                 rows.extend(zip(hidden.unbind(0), mask.unbind(0)))
         return rows
 

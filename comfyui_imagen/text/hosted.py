@@ -28,8 +28,10 @@ class HostedT5(nn.Module):
     `T5TextEncoder`'s ``eval()`` / ``requires_grad_(False)`` leave the host's module alone."""
 
     def __init__(self, run: Run, shapes: Mapping[str, Sequence[int]], *, source: str = "the host's T5",
-                 device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32,
+                 nan_fix: str | None = None):
         super().__init__()
+        self.nan_fix = nan_fix  # what to tell a user whose T5 gives NaN / Inf (`T5TextEncoder`): it is the host's
         self.config = infer_config(shapes, source=source)
         self._run = run
         self._device = torch.device(device)
