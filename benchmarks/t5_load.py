@@ -100,12 +100,11 @@ def child(kind: str, path: str, n_prompts: int, max_length: int) -> dict:
 
 # -- parent: write the files, warm the cache, run the children --------------------------------------------------------
 
-def write_files(folder: Path, preset: str) -> dict[str, Path]:
+def random_state(config) -> dict:
+    """fp16 random weights of a T5 config (spread 1/sqrt(fan_in), norms about 1), seed 0."""
     import torch
-    from safetensors.torch import save_file
-    from comfyui_imagen.text import PRESETS, expected_shapes, to_fp8_state_dict
+    from comfyui_imagen.text import expected_shapes
 
-    config = PRESETS[preset]
     g = torch.Generator().manual_seed(0)
     state = {}
     for key, shape in expected_shapes(config).items():
@@ -114,6 +113,15 @@ def write_files(folder: Path, preset: str) -> dict[str, Path]:
         else:
             fan_in = shape[1] if "relative_attention_bias" not in key else 1
             state[key] = (torch.randn(shape, generator=g) * fan_in ** -0.5).half()
+    return state
+
+
+def write_files(folder: Path, preset: str) -> dict[str, Path]:
+    from safetensors.torch import save_file
+    from comfyui_imagen.text import PRESETS, to_fp8_state_dict
+
+    config = PRESETS[preset]
+    state = random_state(config)
     fp16 = folder / "t5_fp16.safetensors"
     save_file(state, fp16)
     fp8 = folder / "t5_fp8_e4m3fn_scaled.safetensors"

@@ -215,7 +215,7 @@ def compare(path: Path, args) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="t5_speed_"))
     try:
         runs = {kind: run_child(kind, path, folder / f"{kind}.pt", args) for kind in kinds}
-        outputs = {kind: torch.load(folder / f"{kind}.pt") for kind in kinds}
+        outputs = {kind: torch.load(folder / f"{kind}.pt", weights_only=True) for kind in kinds}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     gpu = args.device.startswith("cuda")
@@ -250,18 +250,11 @@ def compare(path: Path, args) -> dict:
 def write_synthetic(path: Path, preset: str, layers: int) -> None:
     """A scaled-fp8 T5 file (ComfyUI's t5xxl_fp8_e4m3fn_scaled layout) of ``preset``'s shapes with ``layers``
     layers of random weights (spread 1/sqrt(fan_in), norms about 1)."""
-    import torch
     from safetensors.torch import save_file
-    from comfyui_imagen.text import PRESETS, expected_shapes, to_fp8_state_dict
-    config = replace(PRESETS[preset], num_layers=layers)
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for key, shape in expected_shapes(config).items():
-        if len(shape) == 1:
-            state[key] = (1 + 0.1 * torch.randn(shape, generator=g)).half()
-        else:
-            fan_in = shape[1] if "relative_attention_bias" not in key else 1
-            state[key] = (torch.randn(shape, generator=g) * fan_in ** -0.5).half()
+    from benchmarks.t5_load import random_state
+
+    from comfyui_imagen.text import PRESETS, to_fp8_state_dict
+    state = random_state(replace(PRESETS[preset], num_layers=layers))
     save_file(to_fp8_state_dict(state, style="scaled_fp8"), path)
 
 
