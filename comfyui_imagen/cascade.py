@@ -101,6 +101,9 @@ def _sample(stage: "Stage", cond: Conditioning, settings: SamplingSettings, x: t
                                           callback=report, generator=generators[part], cancel=cancel,
                                           **_items(options, part, batch)))
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    last = float(sigmas[-1])
+    if last > 0:  # a grid that stops at its schedule's smallest noise level (imagen-pytorch's t = 0): the DDPM
+        out = out / math.sqrt(1 + last * last)  # sample x_t there, as continuous-time DDPM returns it
     if not all_finite(out):
         raise ValueError(f"sampling produced NaN or Inf values ({name}, {settings.spacing}): the stage's weights or "
                          f"the text embeddings overflowed in {next(stage.unet.parameters()).dtype}; load the stage "
@@ -181,12 +184,14 @@ def augment_lowres(stage: "Stage", lowres: torch.Tensor, height: int, width: int
     lr_h = height * config.lowres_resolution // config.resolution
     lr_w = width * config.lowres_resolution // config.resolution
     small = resize(lowres.float(), lr_h, lr_w).clamp(-1, 1)
-    up = upsample_lowres(small, height, width)
-    sigma = _noise_level_sigma(stage.schedule, noise_level)
+    up = upsample_lowres(small, height, width, config.lowres_upsample)
+    sigma = _noise_level_sigma(stage.lowres_schedule, noise_level)
     eps = randn_like_items(up.shape, generators, device=up.device)
     augmented = (up + sigma * eps) / math.sqrt(1 + sigma * sigma)
-    return {"lowres_image": augmented,
-            "noise_level": torch.full((up.shape[0],), float(noise_level), device=up.device)}
+    # the network's level input: the number itself (IF), or the augmentation schedule's time for sigma
+    level = (float(noise_level) if config.lowres_schedule is None
+             else float(stage.lowres_schedule.sigma_to_t(torch.tensor(sigma, dtype=torch.float64))))
+    return {"lowres_image": augmented, "noise_level": torch.full((up.shape[0],), level, device=up.device)}
 
 
 def sr_conditioning(stage: "Stage", lowres: torch.Tensor, like: torch.Tensor, noise_level: Optional[int],

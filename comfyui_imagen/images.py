@@ -89,10 +89,15 @@ def resize(x: torch.Tensor, height: int, width: int, *, mode: str = "bicubic") -
     return out.to(x.dtype)
 
 
-def upsample_lowres(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Upsample an SR stage's low-resolution input to the stage's output size: bilinear with ``align_corners=True``,
-    as DeepFloyd IF's super-resolution pipeline does. The trainer and the cascade both call this, so a stage sees at
-    sampling time exactly the conditioning it was trained on."""
+def upsample_lowres(x: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Upsample an SR stage's low-resolution input to the stage's output size: ``mode`` "bilinear" with
+    ``align_corners=True``, as DeepFloyd IF's super-resolution pipeline does, or "nearest", as imagen-pytorch does
+    (`StageConfig.lowres_upsample`). The trainer and the cascade both call this, so a stage sees at sampling time
+    exactly the conditioning it was trained on."""
+    if mode == "nearest":
+        return F.interpolate(x, size=(height, width), mode="nearest")
+    if mode != "bilinear":
+        raise ValueError(f"unknown low-resolution upsampling {mode!r}; expected 'bilinear' or 'nearest'")
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True)
 
 

@@ -1,6 +1,7 @@
 """Sampling grids: which sigmas a sampler visits.
 
-Every function here returns what samplers take: a 1-D tensor of sigmas, strictly descending, ending in 0.
+Every function here returns what samplers take: a 1-D tensor of sigmas, strictly descending, ending in 0 (or, for
+imagen-pytorch's time-uniform grid, in the continuous schedule's smallest sigma: `get_sigmas_uniform_time`).
 
 * k-diffusion spacings in sigma: `get_sigmas_karras` (Karras et al. 2022, eq. 5), `get_sigmas_exponential`.
 * diffusers timestep spacings on a discrete schedule ("Common Diffusion Noise Schedules and Sample Steps are Flawed",
@@ -166,10 +167,11 @@ def get_sigmas_if(schedule: DiscreteSchedule, preset: str) -> torch.Tensor:
 
 
 def get_sigmas_uniform_time(schedule: ContinuousSchedule, n: int) -> torch.Tensor:
-    """Continuous time evenly spaced from 1 towards 0 (imagen-pytorch's grid): sigma(1 - i/n) for i < n, then 0."""
+    """Continuous time evenly spaced from 1 to 0, imagen-pytorch's grid: sigma(1 - i/n) for i = 0 .. n. It ends at
+    sigma(0) > 0, not at 0: as in imagen-pytorch's sampler the last step lands on the schedule's smallest noise
+    level without adding noise (`comfyui_imagen.samplers`), and the result is the DDPM sample there."""
     n = _check_steps(n)
-    time = torch.linspace(1, 0, n + 1, dtype=torch.float64)[:-1]
-    return append_zero(schedule.time_to_sigma(time))
+    return schedule.time_to_sigma(torch.linspace(1, 0, n + 1, dtype=torch.float64))
 
 
 def _discrete(schedule: Schedule, spacing: str) -> DiscreteSchedule:
@@ -181,7 +183,8 @@ def _discrete(schedule: Schedule, spacing: str) -> DiscreteSchedule:
 
 def get_sigmas(schedule: Schedule, spacing: str, steps: int | None = None, *, rho: float = 7.0,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The descending sigma grid (ending in 0) for `steps` sampler steps on `schedule`.
+    """The descending sigma grid (ending in 0; "uniform" on a continuous schedule ends at its smallest sigma) for
+    `steps` sampler steps on `schedule`.
 
     spacing: "karras" (rho), "exponential", "uniform" (= "trailing" on a discrete schedule, time-uniform on a
     continuous one), "trailing", "leading", "linspace", or a DeepFloyd IF preset (fast27, smart27, smart50, smart100,

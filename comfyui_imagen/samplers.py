@@ -8,7 +8,10 @@
   in VE space it reaches ~4 * sigma_max (8e4 for DeepFloyd IF), past float16's range; run the network in half
   precision inside the denoiser instead.
 * sigmas: 1-D, strictly descending, ending in 0 (`comfyui_imagen.respacing.get_sigmas`). Step i goes from sigmas[i] to
-  sigmas[i + 1]; there are len(sigmas) - 1 steps.
+  sigmas[i + 1]; there are len(sigmas) - 1 steps. A grid may also end in a positive sigma, as continuous-time DDPM
+  stops at its schedule's smallest noise level (imagen-pytorch's t = 0; ComfyUI's SplitSigmas' high part): the result
+  is then the sample at that level. Every sampler's last step adds no noise (DDPM's "z ~ N(0, I) if t > 1, else
+  z = 0", Ho et al. 2020 Algorithm 2): an ancestral last step ends on its deterministic part.
 * callback: called after every step with one dict ``{"step": i, "total": n, "x": x after the step, "x0": the
   denoised prediction of this step, "sigma": sigmas[i], "sigma_next": sigmas[i + 1]}``.
 * generator: the noise source of stochastic samplers; never the global RNG. A list of per-item generators
@@ -86,7 +89,8 @@ def _noise(x: torch.Tensor, generator: Generators, sampler: str) -> torch.Tensor
 # --------------------------------------------------------------------------------------------------------------------
 
 def check_sigmas(sigmas) -> list[float]:
-    """Validate a sampler grid (1-D, finite, strictly descending, ending in 0) and return it as Python floats."""
+    """Validate a sampler grid (1-D, finite, strictly descending, ending in 0 or a positive sigma) and return it as
+    Python floats."""
     sigmas = torch.as_tensor(sigmas).detach()
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas must be a 1-D tensor of at least 2 values ending in 0, got shape "
@@ -94,8 +98,9 @@ def check_sigmas(sigmas) -> list[float]:
     levels = [float(s) for s in sigmas.cpu().double()]
     if not all(math.isfinite(s) for s in levels):
         raise ValueError("sigmas contain NaN or Inf")
-    if levels[-1] != 0:
-        raise ValueError(f"sigmas must end in 0 (the clean image), got last value {levels[-1]}")
+    if levels[-1] < 0:
+        raise ValueError(f"sigmas must end in 0 (the clean image) or a positive noise level, got last value "
+                         f"{levels[-1]}")
     if any(b >= a for a, b in zip(levels, levels[1:])):
         raise ValueError("sigmas must be strictly descending")
     return levels
@@ -109,6 +114,11 @@ def _steps(x: torch.Tensor, sigmas, cancel: Callable[[], bool] | None) -> Iterat
         if cancel is not None and cancel():
             raise Cancelled(f"sampling cancelled before step {i + 1} of {len(levels) - 1}")
         yield i, levels[i], levels[i + 1]
+
+
+def _last(i: int, sigmas) -> bool:
+    """Whether step i is the grid's last, which adds no noise (see the module docstring)."""
+    return i == len(sigmas) - 2
 
 
 def _report(callback, i: int, sigmas, x, x0, s: float, s_next: float) -> None:
@@ -166,7 +176,7 @@ def _ancestral_loop(name, denoiser, x, sigmas, eta, s_noise, extra_args, callbac
         x0 = denoiser(x, sigma_batch(s, x), **extra_args)
         down, up = ancestral_step(s, s_next, eta)
         x = x + (x - x0) / s * (down - s)
-        if up > 0:
+        if up > 0 and not _last(i, sigmas):
             x = x + _noise(x, generator, name) * (s_noise * up)
         _report(callback, i, sigmas, x, x0, s, s_next)
     return x
@@ -208,6 +218,8 @@ def sample_ddpm(denoiser, x, sigmas, *, extra_args=None, callback=None, generato
             x0, frac = denoiser(x, sigma_batch(s, x), **extra_args), 0.0
         if s_next == 0:
             x = x0
+        elif _last(i, sigmas):
+            x = x0 + (s_next * s_next / (s * s)) * (x - x0)  # the posterior mean, no noise
         else:
             s2, n2 = s * s, s_next * s_next
             log_beta = math.log((s2 - n2) / (1 + s2))
@@ -235,7 +247,7 @@ def _dpmpp_2m_loop(name, denoiser, x, sigmas, eta, s_noise, extra_args, callback
             x = (s_next / s) * math.exp(-eta_h) * x + keep * x0
             if x0_prev is not None:  # second order from the previous x0 (midpoint form, 1 / (2r) = h / (2 h_prev))
                 x = x + (0.5 * keep * h / h_prev) * (x0 - x0_prev)
-            if eta_h > 0:
+            if eta_h > 0 and not _last(i, sigmas):
                 x = x + _noise(x, generator, name) * (s_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
             h_prev = h
         x0_prev = x0
@@ -280,7 +292,7 @@ def sample_repaint(denoiser, x, sigmas, *, extra_args=None, callback=None, gener
                 raise Cancelled(f"inpainting cancelled in step {i + 1} of {len(sigmas) - 1}")
             x0 = denoiser(x, sigma_batch(s, x), **extra_args)
             x = x0 + (down / s) * (x - x0)
-            if up > 0:
+            if up > 0 and not _last(i, sigmas):
                 x = x + _noise(x, generator, "sample_repaint") * up
             merged = known + _noise(x, generator, "sample_repaint") * s_next if s_next > 0 else known
             x = mask * x + (1 - mask) * merged

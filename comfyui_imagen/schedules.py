@@ -12,6 +12,8 @@ sigma to the timestep the network was trained with (`sigma_to_t`) and back (`t_t
   ``DiscreteSchedule``.
 * `ContinuousSchedule`: continuous time in [0, 1] with a closed-form log-SNR (cosine and linear, as imagen-pytorch reads
   the Imagen paper); the network is conditioned on log-SNR (imagen-pytorch) or on time * `time_scale`.
+* `EDMSchedule`: Karras et al. 2022's noise levels, sigma itself in [sigma_min, sigma_max], the network conditioned on
+  ln(sigma) / 4 (imagen-pytorch's ElucidatedImagen).
 
 Sampling grids (sigma spacings, DeepFloyd IF's respacing presets) live in `comfyui_imagen.respacing`.
 All tables are float64; results come back in the dtype and device of the input.
@@ -20,11 +22,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import torch
 
-SCHEDULES = ("linear", "squaredcos_cap_v2", "cosine", "continuous_cosine", "continuous_linear")
+SCHEDULES = ("linear", "squaredcos_cap_v2", "cosine", "continuous_cosine", "continuous_linear", "edm")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -179,18 +181,24 @@ class ContinuousSchedule:
     kind "linear":  log_snr(t) = -log(expm1(1e-4 + 10 t^2)),                i.e. sigma^2 = expm1(1e-4 + 10 t^2)
 
     `condition` says what the network is conditioned on: "log_snr" (imagen-pytorch) or "time" (time * time_scale).
+    `log_snr_min` caps the noise at t = 1, where the cosine log-SNR is -inf: sigma <= exp(-log_snr_min / 2).
+    imagen-pytorch computes the log-SNR in float32, where t = 1 gives a finite -33.9 (`float32_log_snr`); its
+    networks start sampling there, so its stages set that cap (None: no cap).
     """
 
     kind: Literal["cosine", "linear"] = "cosine"
     condition: ConditionKind = "log_snr"
     time_scale: float = 1000.0
     s: float = 0.008
+    log_snr_min: Optional[float] = None
 
     def __post_init__(self):
         if self.kind not in ("cosine", "linear"):
             raise ValueError(f"unknown continuous schedule kind {self.kind!r}; expected 'cosine' or 'linear'")
         if self.condition not in ("log_snr", "time"):
             raise ValueError(f"unknown condition {self.condition!r}; expected 'log_snr' or 'time'")
+        if self.log_snr_min is not None and not math.isfinite(self.log_snr_min):
+            raise ValueError(f"log_snr_min must be a finite number or None, got {self.log_snr_min!r}")
 
     @property
     def sigma_min(self) -> float:
@@ -207,6 +215,8 @@ class ContinuousSchedule:
             sigma = torch.tan((t + self.s) / (1 + self.s) * (math.pi / 2))
         else:
             sigma = torch.expm1(1e-4 + 10 * t * t).sqrt()
+        if self.log_snr_min is not None:
+            sigma = sigma.clamp(max=math.exp(-0.5 * self.log_snr_min))
         return sigma.to(time.dtype)
 
     def sigma_to_time(self, sigma) -> torch.Tensor:
@@ -235,16 +245,55 @@ class ContinuousSchedule:
         return self.time_to_sigma(t / self.time_scale)
 
 
-Schedule = Union[DiscreteSchedule, ContinuousSchedule]
+def float32_log_snr(kind: str, time: float, s: float = 0.008) -> float:
+    """The log-SNR at `time` as imagen-pytorch computes it, in float32 (``alpha_cosine_log_snr`` /
+    ``beta_linear_log_snr``, with its ``log``'s clamp): at t = 1 the cosine one is -33.9, not -inf, because
+    cos(pi / 2) rounds to -4.4e-8 in float32."""
+    t = torch.tensor([time], dtype=torch.float32)
+    if kind == "cosine":
+        value = -torch.log((torch.cos((t + s) / (1 + s) * math.pi * 0.5) ** -2 - 1).clamp(min=1e-5))
+    elif kind == "linear":
+        value = -torch.log(torch.expm1(1e-4 + 10 * (t ** 2)).clamp(min=1e-12))
+    else:
+        raise ValueError(f"unknown continuous schedule kind {kind!r}; expected 'cosine' or 'linear'")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class EDMSchedule:
+    """Karras et al. 2022 ("EDM") noise levels: the VE sigma itself, from `sigma_min` to `sigma_max`, the network
+    conditioned on "c_noise(sigma) = 1/4 ln(sigma)" (Table 1), as imagen-pytorch's ElucidatedImagen (its defaults:
+    0.002 and 80). The input and output scalings (c_in, c_skip, c_out) are the denoiser's (`EDMDenoiser`)."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+    def __post_init__(self):
+        if not (0 < self.sigma_min < self.sigma_max and math.isfinite(self.sigma_max)):
+            raise ValueError(f"an EDM schedule needs 0 < sigma_min < sigma_max, got {self.sigma_min}, "
+                             f"{self.sigma_max}")
+
+    def sigma_to_t(self, sigma) -> torch.Tensor:
+        sigma = _as_float_tensor(sigma)
+        return sigma.clamp(min=1e-20).log() * 0.25  # imagen-pytorch's log clamps at 1e-20
+
+    def t_to_sigma(self, t) -> torch.Tensor:
+        return (_as_float_tensor(t) * 4).exp()
+
+
+Schedule = Union[DiscreteSchedule, ContinuousSchedule, EDMSchedule]
 
 
 def get_schedule(name: str, num_train_timesteps: int = 1000, **kwargs) -> Schedule:
     """A schedule by name: "linear" (kwargs beta_start, beta_end), "squaredcos_cap_v2" or its alias "cosine"
-    (DeepFloyd IF), "continuous_cosine" or "continuous_linear" (kwargs condition, time_scale)."""
+    (DeepFloyd IF), "continuous_cosine" or "continuous_linear" (kwargs condition, time_scale, log_snr_min), "edm"
+    (kwargs sigma_min, sigma_max)."""
     if name == "linear":
         return DiscreteSchedule.from_betas(betas_linear(num_train_timesteps, **kwargs))
     if name in ("squaredcos_cap_v2", "cosine"):
         return DiscreteSchedule.from_betas(betas_squaredcos_cap_v2(num_train_timesteps, **kwargs))
     if name in ("continuous_cosine", "continuous_linear"):
         return ContinuousSchedule(kind=name.split("_", 1)[1], **kwargs)
+    if name == "edm":
+        return EDMSchedule(**kwargs)
     raise ValueError(f"unknown noise schedule {name!r}; expected one of {list(SCHEDULES)}")

@@ -9,6 +9,7 @@ and the cascade functions use them wherever the caller gives no explicit value.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -38,6 +39,9 @@ class SamplingSettings:
     2^64 (`samplers.make_generators`). steps and seed may be whole floats (10.0); they are stored as ints.
     eta: the noise scale of samplers that declare it (`SAMPLER_OPTIONS`: ddim, euler_ancestral, dpmpp_2m_sde,
     repaint); None keeps the sampler's default, other samplers ignore it.
+    threshold_max may be ``math.inf``: no cap (imagen-pytorch's dynamic thresholding). cfg_parallel: None for plain
+    guidance, else the fraction of the guidance update's component parallel to the conditional prediction that is
+    kept (imagen-pytorch's default guidance removes it: 0.0; `comfyui_imagen.guidance.CFGDenoiser`).
     """
 
     sampler: str = "dpmpp_2m"
@@ -48,6 +52,7 @@ class SamplingSettings:
     threshold_max: Optional[float] = None
     seed: int = 0
     eta: Optional[float] = None
+    cfg_parallel: Optional[float] = None
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -62,11 +67,16 @@ class SamplingSettings:
                                                        and 0 < self.dynamic_threshold <= 1):
             raise ValueError(f"dynamic_threshold is a percentile in (0, 1] (Imagen 0.995, IF 0.95) or None for "
                              f"static clipping, got {self.dynamic_threshold!r}")
-        if self.threshold_max is not None and not (is_real(self.threshold_max) and self.threshold_max >= 1):
-            raise ValueError(f"threshold_max must be >= 1 (IF: 1.5 stage I, 1.0 stage II), got {self.threshold_max}")
+        if self.threshold_max is not None and not ((is_real(self.threshold_max) or self.threshold_max == math.inf)
+                                                   and self.threshold_max >= 1):
+            raise ValueError(f"threshold_max must be >= 1 (IF: 1.5 stage I, 1.0 stage II; inf: no cap), got "
+                             f"{self.threshold_max}")
         object.__setattr__(self, "seed", check_int(self.seed, "seed", 0, SEED_MAX, " (ComfyUI's seed range)"))
         if self.eta is not None and not (is_real(self.eta) and self.eta >= 0):
             raise ValueError(f"eta must be a number >= 0, got {self.eta!r}")
+        if self.cfg_parallel is not None and not (is_real(self.cfg_parallel) and 0 <= self.cfg_parallel <= 1):
+            raise ValueError(f"cfg_parallel must be None (plain guidance) or a fraction from 0 to 1 "
+                             f"(imagen-pytorch: 0), got {self.cfg_parallel!r}")
 
     def replace(self, **changes) -> "SamplingSettings":
         return dataclasses.replace(self, **changes)
@@ -114,8 +124,10 @@ class StageDefaults:
         return text
 
     def to_dict(self) -> dict:
-        return {"settings": dataclasses.asdict(self.settings), "noise_level": self.noise_level,
-                "strength": self.strength}
+        settings = dataclasses.asdict(self.settings)
+        if settings["cfg_parallel"] is None:  # added later: files without it read as before, by any version
+            del settings["cfg_parallel"]
+        return {"settings": settings, "noise_level": self.noise_level, "strength": self.strength}
 
     @classmethod
     def from_dict(cls, data: dict) -> "StageDefaults":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional, Union
 
 import torch
 from torch import nn
@@ -32,11 +32,14 @@ from .unet.config import UNetConfig, dataclass_from_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from .train.config import TrainConfig
+    from .unet.imagen_pytorch import ImagenPytorchUNetConfig
 
 __all__ = ["Stage", "StageConfig", "Role", "validate_stage_config"]
 
 Role = Literal["base", "sr"]
 ROLES = ("base", "sr")
+LowresUpsample = Literal["bilinear", "nearest"]
+LOWRES_UPSAMPLES = ("bilinear", "nearest")
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,20 @@ class StageConfig:
     schedule / num_train_timesteps: the training noise schedule, by `comfyui_imagen.schedules.get_schedule` name.
     text_embed_dim: width of the text embeddings this stage expects (always ``unet.text_embed_dim``).
     sampling: the stage's recommended `StageDefaults` (None: the library's defaults for its role).
+
+    Fields for other model families (written to files only where they differ from these defaults):
+    unet may be an `ImagenPytorchUNetConfig` (imagen-pytorch's U-Net; its dict says ``"architecture"``).
+    schedule_options: keyword arguments of `get_schedule` (imagen-pytorch's float32 ``log_snr_min``, EDM's
+    ``sigma_min`` / ``sigma_max``). sigma_data: EDM's data std (prediction_type "edm").
+    lowres_schedule: the schedule an SR stage's low-resolution image is noise-augmented on, and whose time its
+    ``noise_level`` input is given in (`Schedule.sigma_to_t`: imagen-pytorch's linear log-SNR); None: the stage's
+    own schedule, the level passed as the 0..T-1 number (DeepFloyd IF). lowres_upsample: how that image is
+    upsampled to the output size: "bilinear" (IF, align_corners) or "nearest" (imagen-pytorch).
     """
 
     role: Role
     resolution: int
-    unet: UNetConfig
+    unet: Union[UNetConfig, "ImagenPytorchUNetConfig"]
     lowres_resolution: Optional[int] = None
     prediction_type: PredictionType = "epsilon"
     variance_type: VarianceType = "fixed"
@@ -63,10 +75,14 @@ class StageConfig:
     text_embed_dim: Optional[int] = None
     name: str = ""
     sampling: Optional[StageDefaults] = None
+    schedule_options: Optional[dict] = None
+    sigma_data: float = 0.5
+    lowres_schedule: Optional[str] = None
+    lowres_upsample: LowresUpsample = "bilinear"
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
-            object.__setattr__(self, "unet", UNetConfig.from_dict(self.unet))
+            object.__setattr__(self, "unet", unet_config_from_dict(self.unet))
         if isinstance(self.sampling, dict):
             object.__setattr__(self, "sampling", StageDefaults.from_dict(self.sampling))
         if self.text_embed_dim is None:
@@ -85,11 +101,26 @@ class StageConfig:
             del d["sampling"]  # stage-v1 readers know no such field
         else:
             d["sampling"] = self.sampling.to_dict()
+        for name, default in _LATER_FIELDS.items():  # files that do not use them read as before, by any version
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, data: dict) -> "StageConfig":
         return dataclass_from_dict(cls, data)
+
+
+_LATER_FIELDS = {"schedule_options": None, "sigma_data": 0.5, "lowres_schedule": None, "lowres_upsample": "bilinear"}
+
+
+def unet_config_from_dict(data: dict):
+    """The U-Net config a stored dict describes: imagen-pytorch's when it says ``"architecture": "imagen-pytorch"``,
+    else the Efficient U-Net's `UNetConfig`."""
+    if isinstance(data, dict) and data.get("architecture") == "imagen-pytorch":
+        from .unet.imagen_pytorch import ImagenPytorchUNetConfig
+        return ImagenPytorchUNetConfig.from_dict(data)
+    return UNetConfig.from_dict(data)
 
 
 def validate_stage_config(s: StageConfig) -> None:
@@ -102,6 +133,14 @@ def validate_stage_config(s: StageConfig) -> None:
         raise ValueError(f"StageConfig.variance_type {s.variance_type!r}: expected one of {VARIANCE_TYPES}")
     if s.schedule not in SCHEDULES:
         raise ValueError(f"StageConfig.schedule {s.schedule!r}: expected one of {list(SCHEDULES)}")
+    if s.lowres_upsample not in LOWRES_UPSAMPLES:
+        raise ValueError(f"StageConfig.lowres_upsample {s.lowres_upsample!r}: expected one of {LOWRES_UPSAMPLES}")
+    if s.lowres_schedule is not None and s.lowres_schedule not in SCHEDULES:
+        raise ValueError(f"StageConfig.lowres_schedule {s.lowres_schedule!r}: expected None or one of "
+                         f"{list(SCHEDULES)}")
+    if s.schedule_options is not None and not isinstance(s.schedule_options, dict):
+        raise ValueError(f"StageConfig.schedule_options must be a dict of get_schedule keywords, got "
+                         f"{s.schedule_options!r}")
     if s.num_train_timesteps < 1:
         raise ValueError(f"StageConfig.num_train_timesteps must be positive, got {s.num_train_timesteps}")
     if s.text_embed_dim != s.unet.text_embed_dim:
@@ -138,7 +177,14 @@ class Stage:
     @functools.cached_property
     def schedule(self):
         """The noise schedule the stage was trained with (`comfyui_imagen.schedules`)."""
-        return get_schedule(self.config.schedule, self.config.num_train_timesteps)
+        return get_schedule(self.config.schedule, self.config.num_train_timesteps,
+                            **(self.config.schedule_options or {}))
+
+    @functools.cached_property
+    def lowres_schedule(self):
+        """The schedule an SR stage's low-resolution image is noise-augmented on (`StageConfig.lowres_schedule`)."""
+        name = self.config.lowres_schedule
+        return self.schedule if name is None else get_schedule(name, self.config.num_train_timesteps)
 
     @property
     def recommended(self) -> StageDefaults:
@@ -164,8 +210,9 @@ class Stage:
         The threshold cap is ``settings.threshold_max``, else the stage's recommended one (IF: 1.5 / 1.0), else the
         library's default for the stage's role."""
         config = self.config
-        raw = make_denoiser(self.unet, self.schedule, config.prediction_type, config.variance_type)
-        guided = CFGDenoiser(raw, settings.cfg)
+        raw = make_denoiser(self.unet, self.schedule, config.prediction_type, config.variance_type,
+                            sigma_data=config.sigma_data)
+        guided = CFGDenoiser(raw, settings.cfg, settings.cfg_parallel)
         if settings.dynamic_threshold is None:
             return Thresholded(guided, "static")
         cap = (settings.threshold_max or self.recommended.settings.threshold_max

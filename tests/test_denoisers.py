@@ -90,3 +90,42 @@ def test_sigma_batch_accepts_scalars_and_per_item_tensors():
     assert sigma_batch(torch.tensor([1.0, 2.0, 3.0]), x).tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="one per batch item"):
         sigma_batch(torch.tensor([1.0, 2.0]), x)
+
+
+class _Fixed(torch.nn.Module):
+    """A network returning a fixed output whatever it is given, recording its inputs."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out, self.seen = out, None
+
+    def forward(self, x, t, **_):
+        self.seen = (x, t)
+        return self.out
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample", "edm"])
+def test_prediction_direction_is_parallel_to_the_network_output(prediction):
+    out = torch.randn(2, 3, 4, 4)
+    schedule = get_schedule("edm") if prediction == "edm" else get_schedule("squaredcos_cap_v2")
+    denoiser = make_denoiser(_Fixed(out), schedule, prediction)
+    x, sigma = torch.randn(2, 3, 4, 4) * 3, torch.tensor([0.7, 5.0])
+    direction = denoiser.prediction_direction(x, sigma, denoiser(x, sigma))
+    for d, o in zip(direction, out):
+        cos = torch.nn.functional.cosine_similarity(d.flatten(), o.flatten(), dim=0)
+        assert abs(abs(float(cos)) - 1) < 1e-5
+
+
+def test_edm_denoiser_is_karras_preconditioning():
+    """Karras et al. 2022 Table 1 with sigma_data 0.5: c_in = 1/sqrt(s^2 + d^2), c_noise = ln(s)/4, c_skip = d^2/(s^2 +
+    d^2), c_out = s d / sqrt(s^2 + d^2)."""
+    out = torch.randn(1, 3, 2, 2)
+    net = _Fixed(out)
+    denoiser = make_denoiser(net, get_schedule("edm", sigma_min=0.01, sigma_max=50.0), "edm", sigma_data=0.5)
+    x, s, d = torch.randn(1, 3, 2, 2), 2.0, 0.5
+    x0 = denoiser(x, s)
+    assert torch.allclose(net.seen[0], x / (s * s + d * d) ** 0.5)
+    assert torch.allclose(net.seen[1], torch.tensor([0.25 * torch.log(torch.tensor(s)).item()]))
+    assert torch.allclose(x0, d * d / (s * s + d * d) * x + s * d / (s * s + d * d) ** 0.5 * out, atol=1e-6)
+    with pytest.raises(ValueError, match="sigma_data must be positive"):
+        make_denoiser(net, get_schedule("edm"), "edm", sigma_data=0.0)

@@ -135,3 +135,30 @@ def test_row_quantile_is_torch_quantile_bit_for_bit(dtype):
             ours, theirs = row_quantile(values, q), torch.quantile(values, q, dim=1)
             assert torch.equal(ours.isnan(), theirs.isnan()), (values.shape, q)
             assert torch.equal(torch.nan_to_num(ours), torch.nan_to_num(theirs)), (values.shape, q)
+
+
+def test_guidance_without_the_parallel_component_is_imagen_pytorchs_projection():
+    """imagen-pytorch's forward_with_cond_scale(remove_parallel_component=True, keep_parallel_frac=f): with network
+    outputs p_c, p_u, u = p_c - p_u projected on p_c (float64): out = p_c + (w - 1) (u_orth + f u_par), here on an
+    eps network, then compared in x0."""
+    class Net(torch.nn.Module):
+        def forward(self, x, t, text_embeds=None, **_):
+            return x * 0.3 + text_embeds.mean() * torch.ones_like(x) * torch.arange(x.shape[0])[:, None, None, None]
+
+    schedule = get_schedule("squaredcos_cap_v2")
+    raw = make_denoiser(Net(), schedule, "epsilon")
+    x, sigma = torch.randn(1, 3, 4, 4) * 2, torch.tensor([1.5])
+    cond, uncond = {"text_embeds": torch.ones(1, 2, 4)}, {"text_embeds": torch.zeros(1, 2, 4)}
+    for frac in (0.0, 0.5):
+        got = CFGDenoiser(raw, 4.0, parallel=frac)(x, sigma, cond=cond, uncond=uncond)
+        net = Net()
+        xin, t = x / (1 + 1.5 ** 2) ** 0.5, schedule.sigma_to_t(sigma)
+        both = net(torch.cat([xin, xin]), t, text_embeds=torch.cat([cond["text_embeds"], uncond["text_embeds"]]))
+        p_c, p_u = both.chunk(2)
+        u, unit = (p_c - p_u).double().flatten(), torch.nn.functional.normalize(p_c.double().flatten(), dim=0)
+        par = (u @ unit) * unit
+        guided = p_c.double().flatten() + 3.0 * (u - par + frac * par)
+        want = x - 1.5 * guided.reshape(x.shape).float()
+        assert torch.allclose(got, want, atol=1e-5), frac
+    plain = CFGDenoiser(raw, 4.0)(x, sigma, cond=cond, uncond=uncond)
+    assert not torch.allclose(plain, got, atol=1e-3)

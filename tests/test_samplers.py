@@ -161,8 +161,8 @@ def test_bad_input_is_a_value_error(name):
     for bad in (torch.tensor([float("nan")]), torch.tensor([float("inf")])):
         with pytest.raises(ValueError, match="NaN or Inf"):
             sampler(gaussian_denoiser, x + bad, sigmas, generator=make_generators(0, 1))
-    with pytest.raises(ValueError, match="end in 0"):
-        sampler(gaussian_denoiser, x, sigmas[:-1], generator=make_generators(0, 1))
+    with pytest.raises(ValueError, match="end in 0.*or a positive"):
+        sampler(gaussian_denoiser, x, torch.tensor([1.0, -0.5]), generator=make_generators(0, 1))
     with pytest.raises(ValueError, match="strictly descending"):
         sampler(gaussian_denoiser, x, torch.tensor([1.0, 2.0, 0.0]), generator=make_generators(0, 1))
 
@@ -202,3 +202,28 @@ print("BAD", bad)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "BAD []" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("name", ["ddpm", "euler_ancestral", "ddim"])
+def test_a_grid_ending_above_zero_ends_on_the_posterior_mean_without_noise(name):
+    """imagen-pytorch's continuous-time DDPM stops at t = 0, sigma(0) > 0, and its last step adds no noise: the
+    result is the posterior mean x0 + (s1 / s0)^2 (x - x0) (Ho et al. 2020, Algorithm 2's z = 0 at the last step).
+    No generator is passed, so drawing noise on that step would raise."""
+    x = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(0)) * 4.0
+    s0, s1 = 4.0, 0.5
+    options = {"eta": 1.0} if name == "ddim" else {}
+    out = get_sampler(name)(gaussian_denoiser, x, torch.tensor([s0, s1]), **options)
+    x0 = gaussian_denoiser(x, torch.full((2,), s0))
+    assert torch.allclose(out, x0 + (s1 / s0) ** 2 * (x - x0), atol=1e-6)
+
+
+def test_a_grid_ending_above_zero_runs_the_earlier_steps_as_before():
+    """Only the last step changes: the steps before it draw the same noise and land where a grid ending in 0 would."""
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 8.0
+    runs = []
+    for last in (0.5, 0.0):
+        seen = []
+        get_sampler("euler_ancestral")(gaussian_denoiser, x, torch.tensor([8.0, 2.0, last]),
+                                       generator=make_generators(3, 1), callback=lambda info: seen.append(info["x"]))
+        runs.append(seen)
+    assert torch.equal(runs[0][0], runs[1][0]) and not torch.equal(runs[0][1], runs[1][1])

@@ -145,3 +145,17 @@ def test_get_sigmas_bad_input_names_the_fix():
         get_sigmas(ContinuousSchedule(), "leading", 10)
     with pytest.raises(ValueError, match="needs a number of steps"):
         get_sigmas(schedule, "karras")
+
+
+def test_imagen_pytorch_float32_log_snr_caps_the_cosine_schedule_at_t_1():
+    from comfyui_imagen.schedules import float32_log_snr
+
+    top = float32_log_snr("cosine", 1.0)
+    assert -34.5 < top < -33.5  # float32 cos(pi / 2) = -4.4e-8, not 0
+    capped = ContinuousSchedule("cosine", log_snr_min=top)
+    assert capped.sigma_max == pytest.approx(math.exp(-top / 2), rel=1e-9)
+    assert capped.time_to_sigma(torch.tensor(0.5, dtype=torch.float64)) == ContinuousSchedule("cosine").time_to_sigma(
+        torch.tensor(0.5, dtype=torch.float64))
+    assert float32_log_snr("linear", 1.0) == pytest.approx(-math.log(math.expm1(10.0001)), rel=1e-5)
+    grid = get_sigmas(capped, "uniform", 4, dtype=torch.float64)
+    assert grid[-1] == pytest.approx(capped.sigma_min) and grid[-1] > 0  # imagen-pytorch's grid stops at t = 0

@@ -143,9 +143,9 @@ def read_train_config(path: str | os.PathLike) -> TrainConfig | None:
 
 
 def load_native(weights: Weights, dtype: torch.dtype | None = None) -> Stage:
-    from ..unet import ImagenUNet
+    from ..unet import build_unet
 
     config = read_stage_config(weights)
     train_config = train_config_from_metadata(weights.metadata, weights.path)
-    unet = build_on_meta(lambda: ImagenUNet(config.unet), weights, dtype=dtype)
+    unet = build_on_meta(lambda: build_unet(config.unet), weights, dtype=dtype)
     return Stage(unet=unet, config=config, source=str(weights.path), train_config=train_config)

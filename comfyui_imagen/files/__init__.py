@@ -11,15 +11,15 @@ It imports neither `checkpoints` nor `text`, and reads no file at import.
 """
 from .discovery import WHERE_MODELS_GO, Found, list_stages, list_t5, resolve, scan_folder, weight_files
 from .errors import ModelFileError, raised_as
-from .families import (DEEPFLOYD, GGUF_T5_ARCHITECTURES, IF_PIPELINE, IF_PROBE_KEYS, LLM, NATIVE, T5, T5_FOLDER,
-                       UNET_FOLDER, Family, folder_family, identify, read_json)
+from .families import (DEEPFLOYD, GGUF_T5_ARCHITECTURES, IF_PIPELINE, IF_PROBE_KEYS, IMAGEN_PYTORCH, LLM, NATIVE, T5,
+                       T5_FOLDER, UNET_FOLDER, Family, folder_family, identify, read_json)
 from .gguf import GGML_TYPE_IDS, GGML_TYPES, GGUFWeights, open_gguf
 from .reader import (GGUF_SUFFIXES, PICKLE_SUFFIXES, SAFETENSORS_DTYPES, SAFETENSORS_SUFFIXES, WEIGHT_SUFFIXES,
-                     Weights, is_index, load_pickle_state_dict, open_weights)
+                     Weights, is_index, load_pickle, load_pickle_state_dict, open_weights)
 
 __all__ = ["DEEPFLOYD", "Family", "Found", "GGML_TYPES", "GGML_TYPE_IDS", "GGUFWeights", "GGUF_SUFFIXES",
-           "GGUF_T5_ARCHITECTURES", "IF_PIPELINE", "IF_PROBE_KEYS", "LLM", "ModelFileError", "NATIVE",
-           "PICKLE_SUFFIXES", "SAFETENSORS_DTYPES", "SAFETENSORS_SUFFIXES", "T5", "T5_FOLDER", "UNET_FOLDER",
+           "GGUF_T5_ARCHITECTURES", "IF_PIPELINE", "IF_PROBE_KEYS", "IMAGEN_PYTORCH", "LLM", "ModelFileError",
+           "NATIVE", "PICKLE_SUFFIXES", "SAFETENSORS_DTYPES", "SAFETENSORS_SUFFIXES", "T5", "T5_FOLDER", "UNET_FOLDER",
            "WEIGHT_SUFFIXES", "WHERE_MODELS_GO", "Weights", "folder_family", "identify", "is_index", "list_stages",
-           "list_t5", "load_pickle_state_dict", "open_gguf", "open_weights", "raised_as", "read_json", "resolve",
-           "scan_folder", "weight_files"]
+           "list_t5", "load_pickle", "load_pickle_state_dict", "open_gguf", "open_weights", "raised_as", "read_json",
+           "resolve", "scan_folder", "weight_files"]

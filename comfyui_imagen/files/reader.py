@@ -77,6 +77,34 @@ class Weights:
     def __repr__(self) -> str:
         return f"Weights({str(self.path)!r}, {len(self.shapes)} tensors)"
 
+    @classmethod
+    def from_tensors(cls, path: str | Path, tensors: dict[str, torch.Tensor],
+                     metadata: dict[str, str] | None = None) -> "Weights":
+        """`Weights` over tensors already loaded (one part of a pickle that holds several models), named `path`."""
+        weights = cls(path)
+        weights.metadata = dict(metadata or {})
+        for key, value in tensors.items():
+            weights.shapes[key], weights.dtypes[key] = tuple(value.shape), value.dtype
+            weights._loaded[key] = value
+        weights.files = [weights.path] if weights.path.is_file() else []
+        weights._sizes = {f: f.stat().st_size for f in weights.files}
+        return weights
+
+    def subset(self, prefix: str) -> "Weights":
+        """The tensors whose keys start with `prefix`, under the rest of their keys: a view (nothing is read) of one
+        model in a file that holds several (imagen-pytorch's ``unets.0.``, ``unets.1.``...)."""
+        view = Weights(self.path)
+        view.metadata, view.files, view._sizes, view._maps = self.metadata, self.files, self._sizes, self._maps
+        for key in self.shapes:
+            if key.startswith(prefix):
+                short = key[len(prefix):]
+                view.shapes[short], view.dtypes[short] = self.shapes[key], self.dtypes[key]
+                for mine, theirs in ((self._located, view._located), (self._loaded, view._loaded),
+                                     (self._unread, view._unread)):
+                    if key in mine:
+                        theirs[short] = mine[key]
+        return view
+
     def keys(self) -> list[str]:
         return list(self.shapes)
 
@@ -291,6 +319,22 @@ def load_pickle_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
     "ema"}; keeps the tensors only.
     """
     file = Path(file)
+    obj = load_pickle(file)
+    for _ in range(2):
+        if isinstance(obj, dict) and not _is_state_dict(obj):
+            inner = next((obj[k] for k in _STATE_DICT_WRAPPERS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict) or not _is_state_dict(obj):
+        raise ModelFileError(f"{file} does not contain a state dict of tensors (found {type(obj).__name__})")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_pickle(file: str | Path):
+    """Whatever a PyTorch pickle holds, loaded with ``weights_only=True`` (tensors and plain Python only: a payload
+    that would run code is refused unrun, `ModelFileError`); zip-format files are memory-mapped."""
+    file = Path(file)
     try:
         try:
             obj = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
@@ -305,15 +349,7 @@ def load_pickle_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
             raise _refused_pickle(file, str(e)) from e
         raise ModelFileError(f"{file} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}); it may be "
                              "truncated or corrupt") from e
-    for _ in range(2):
-        if isinstance(obj, dict) and not _is_state_dict(obj):
-            inner = next((obj[k] for k in _STATE_DICT_WRAPPERS if isinstance(obj.get(k), dict)), None)
-            if inner is None:
-                break
-            obj = inner
-    if not isinstance(obj, dict) or not _is_state_dict(obj):
-        raise ModelFileError(f"{file} does not contain a state dict of tensors (found {type(obj).__name__})")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return obj
 
 
 def _refused_pickle(file: Path, message: str) -> ModelFileError:
