@@ -28,6 +28,7 @@ from typing import Callable, Optional
 import torch
 
 from .checks import check_int, check_text
+from .files import split_unet_name
 from .samplers import SAMPLERS
 from .settings import DEFAULT_BASE, DEFAULT_SR
 
@@ -205,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
                         "the T5 released before the base stage loads, each stage before the next (with --prompts "
                         "always held: loaded once for every prompt)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .convert import add_convert_parser
+
+    add_convert_parser(sub)
     return parser
 
 
@@ -300,7 +304,8 @@ def check_args(args) -> None:
     for flag, value in (("--t5", args.t5), ("--base", args.base), *(("--sr", p) for p in args.sr or ()),
                         ("--tokenizer", None if (args.tokenizer or "byte").lower() in ("byte", "bytes", "byt5")
                          else args.tokenizer)):
-        if value is not None and not Path(value).expanduser().exists():
+        if value is not None and not Path(value).expanduser().exists() \
+                and not Path(split_unet_name(value)[0]).expanduser().is_file():  # "file.pt [unet 2]"
             raise ValueError(f"{flag} {value}: no such file or folder")
 
 
@@ -323,6 +328,10 @@ def demo_prompt_warning(prompt: str) -> Optional[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     """The command line; user errors print ``error: ...`` (exit 2), never a traceback."""
     args = _parser().parse_args(argv)
+    if args.command == "convert":
+        from .convert import convert_main
+
+        return convert_main(args)
     try:
         if (args.prompt is None) == (args.prompts is None):
             raise ValueError("a prompt and --prompts FILE were both given; give one of them" if args.prompts else

@@ -8,6 +8,8 @@ forward hooks:
                          input's device for the call, then dropped (the stored ones are untouched)
     weight_function      [] ; functions applied to the cast weight (ComfyUI's LoRA patches in low-VRAM mode)
     bias_function        [] ; the same for the bias
+    weight, bias         None where the module has no such parameter (imagen-pytorch's ``gamma`` / ``weights``
+                         layers): ComfyUI reads both of every module it can offload, as torch's own layers have them
 
 A parameter on another device than the input is always moved for the call, flag or not (ComfyUI leaves the
 parameters of modules it does not list, such as a non-leaf module's own, where they are).
@@ -84,6 +86,9 @@ def enable(module: nn.Module) -> nn.Module:
         for name in ("weight_function", "bias_function"):
             if not isinstance(getattr(sub, name, None), list):
                 setattr(sub, name, [])
+        for name in ("weight", "bias"):
+            if not hasattr(sub, name):
+                setattr(sub, name, None)
         sub.__dict__[_HOOKED] = (sub.register_forward_pre_hook(_pre_hook, with_kwargs=True),
                                  sub.register_forward_hook(_post_hook, with_kwargs=True, always_call=True))
     return module

@@ -45,14 +45,12 @@ class MemoryLimitError(ValueError):
 
 
 def _feature_elements(unet_config, height: int, width: int) -> tuple[float, float]:
-    """(sum over U-Net levels of channels x pixels, the same over levels with attention) for one image."""
-    channels = tuple(getattr(unet_config, "channels", ()) or (64,))
-    down = tuple(getattr(unet_config, "attention", ()) or ("none",) * len(channels))
-    up = tuple(getattr(unet_config, "up_attention", None) or down)
+    """(sum over U-Net levels of channels x pixels, the same over levels with attention) for one image; the config's
+    ``feature_levels`` ((channels, attends) per level, every U-Net family has it), or one plain 64-channel level."""
+    levels = getattr(unet_config, "feature_levels", None) or ((64, False),)
     pixels = height * width
-    conv = sum(c * pixels / 4 ** i for i, c in enumerate(channels))
-    attention = sum(c * pixels / 4 ** i for i, (c, a, b) in enumerate(zip(channels, down, up))
-                    if (a, b) != ("none", "none"))
+    conv = sum(c * pixels / 4 ** i for i, (c, _) in enumerate(levels))
+    attention = sum(c * pixels / 4 ** i for i, (c, attends) in enumerate(levels) if attends)
     return conv, attention
 
 

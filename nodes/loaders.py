@@ -226,8 +226,9 @@ class ImagenT5Loader:
 
 @node("Imagen Model Loader (stage)", CATEGORY,
       "Loads one stage of a cascade from models/imagen: a base stage (64 px from text) or a super-resolution stage "
-      "(64 -> 256, 256 -> 1024). Reads comfyui-imagen stage files and DeepFloyd IF stage I/II U-Nets (a diffusers "
-      "folder such as IF-I-XL-v1.0, or a lone U-Net file). The info output states the role and sizes.",
+      "(64 -> 256, 256 -> 1024). Reads comfyui-imagen stage files, DeepFloyd IF stage I/II U-Nets (a diffusers "
+      "folder such as IF-I-XL-v1.0, or a lone U-Net file) and imagen-pytorch checkpoints, one U-Net each ('imagen.pt "
+      "[unet 1]'). The info output states the role and sizes.",
       "load", (("IMAGEN_MODEL", "model", "The stage; base stages go to Imagen Base Sampler, SR stages to Imagen "
                                           "Super-Resolution."),
                ("STRING", "info", "What was loaded: role, resolutions, prediction type, T5 width, size."),
@@ -236,8 +237,9 @@ class ImagenModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (list_stages(), {"tooltip": "A stage file or DeepFloyd IF folder in models/imagen, or a "
-                                                      "bundled demo stage."}),
+            "model_name": (list_stages(), {"tooltip": "A stage file or DeepFloyd IF folder in models/imagen, one "
+                                                      "U-Net of an imagen-pytorch checkpoint ('file.pt [unet 2]'), "
+                                                      "or a bundled demo stage."}),
             "dtype": (list(STAGE_DTYPES), {"default": "default",
                                            "tooltip": "Weight type. 'default': the device's choice: fp32 files stay "
                                                       "fp32; fp16 files (DeepFloyd IF) run in fp16 on a GPU, in bf16 "

@@ -13,7 +13,7 @@ python=${PYTHON:-python3}
 
 ensure_venv() {  # $1: "runtime" or "test"
     local want="$root/requirements.txt"
-    [ "$1" = test ] && want="$want $root/requirements-test.txt"
+    [ "$1" = test ] && want="$want $root/requirements-test.txt $root/requirements-oracle.txt"
     # shellcheck disable=SC2086
     local stamp="$venv/.imagen-$1-$(cat $want "$root/constraints.txt" | sha1sum | cut -c1-12)"
     [ -f "$stamp" ] && return 0
@@ -30,6 +30,11 @@ ensure_venv() {  # $1: "runtime" or "test"
     [ "$1" = test ] && args+=(-r "$root/requirements-test.txt")
     echo "  installing requirements.txt${args[2]:+ and requirements-test.txt} (torch pinned by constraints.txt)" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$root/constraints.txt" "${args[@]}"
+    if [ "$1" = test ]; then
+        echo "  installing requirements-oracle.txt without its dependencies (test-only oracles)" >&2
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -c "$root/constraints.txt" \
+            -r "$root/requirements-oracle.txt"
+    fi
     touch "$stamp"
     echo "  done" >&2
 }

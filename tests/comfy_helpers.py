@@ -71,6 +71,37 @@ def write_tiny_t5(path, vocab_size: int = 384) -> None:
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
+IMAGEN_PYTORCH_NAME = "imagen.pt"  # the imagen-pytorch template's checkpoint: a trainer file with two U-Nets
+TINY_IMAGEN_PYTORCH_UNET = dict(dim=8, dim_mults=(1, 2), num_resnet_blocks=1, layer_attns=(False, True),
+                                layer_cross_attns=(False, True), attn_heads=2, attn_dim_head=8, max_text_len=16,
+                                text_embed_dim=TEXT_WIDTH)
+# its SR U-Net as SRUnet256 is made: memory efficient, text cross-attention only at the lowest level
+TINY_IMAGEN_PYTORCH_SR = dict(TINY_IMAGEN_PYTORCH_UNET, layer_attns=False, memory_efficient=True, lowres_cond=True)
+
+
+def write_tiny_imagen_pytorch(path) -> None:
+    """A tiny random imagen-pytorch trainer checkpoint as ``ImagenTrainer.save`` writes one (``model`` with the
+    Imagen's ``unets.{i}.*`` keys, ``imagen_type`` and ``imagen_params``): a 64 px base and a 64 -> 256 SR U-Net,
+    built by our own implementation, whose state dicts are imagen-pytorch's key for key."""
+    from comfyui_imagen.unet.imagen_pytorch import ImagenPytorchUNet, ImagenPytorchUNetConfig
+
+    torch.manual_seed(2)
+    model, unets = {}, []
+    for i in range(2):
+        kwargs = TINY_IMAGEN_PYTORCH_SR if i else TINY_IMAGEN_PYTORCH_UNET
+        unet = ImagenPytorchUNet(ImagenPytorchUNetConfig.from_kwargs(kwargs))
+        with torch.no_grad():  # learned null embeddings and zero-initialised outputs: random, so the image shows
+            for p in unet.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        model.update({f"unets.{i}.{k}": v for k, v in unet.state_dict().items()})
+        unets.append({k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
+    params = {"unets": unets, "image_sizes": [64, 256], "timesteps": 1000, "text_embed_dim": TEXT_WIDTH,
+              "cond_drop_prob": 0.1, "pred_objectives": "noise", "noise_schedules": "cosine",
+              "lowres_sample_noise_level": 0.2}
+    torch.save({"model": model, "version": "2.1.0", "steps": torch.tensor([100, 100]), "imagen_type": "original",
+                "imagen_params": params}, str(path))
+
+
 def write_if_folder(root) -> None:
     """A DeepFloyd IF diffusers folder skeleton (configs only): enough for the loaders' listing."""
     (root / "unet").mkdir(parents=True)
@@ -507,6 +538,7 @@ def write_api_copies() -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------ thumbnails
 THUMB_SIZE = (512, 384)
+NEEDS_USER_MODELS = ("DeepFloyd", "imagen-pytorch")  # templates the demo cannot run: their thumbnails are diagrams
 
 
 def _pil(images: torch.Tensor, k: int, side: int):
@@ -577,7 +609,7 @@ def write_thumbnails(diagram_only: bool = False) -> list[Path]:
     """``workflows/<name>.jpg``: a demo render where the bundled demo runs the workflow, else a diagram."""
     written = []
     for path in sorted(WORKFLOWS.glob("*.json")):
-        image = None if diagram_only or "DeepFloyd" in path.stem else render_thumbnail(path.stem)
+        image = None if diagram_only or path.stem.startswith(NEEDS_USER_MODELS) else render_thumbnail(path.stem)
         title = path.stem
         (image or draw_diagram(load_json(path), title)).save(path.with_suffix(".jpg"), quality=88)
         written.append(path.with_suffix(".jpg"))

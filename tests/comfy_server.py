@@ -115,11 +115,13 @@ class Server:
 
 
 def write_models(models: Path) -> None:
-    """models/imagen (tiny base + SR under the demo names) and models/text_encoders (the demo T5, a t5xxl one)."""
+    """models/imagen (tiny base + SR under the demo names, a tiny imagen-pytorch checkpoint and a T5 folder named
+    as its template's) and models/text_encoders (the demo T5, a t5xxl one)."""
     (models / "imagen").mkdir(parents=True)
     (models / "text_encoders").mkdir()
     write_tiny_stage(models / "imagen" / DEMO_NAMES["base"], "base")
     write_tiny_stage(models / "imagen" / DEMO_NAMES["sr"], "sr")
+    ch.write_tiny_imagen_pytorch(models / "imagen" / ch.IMAGEN_PYTORCH_NAME)
     write_tiny_t5(models / "text_encoders" / DEMO_NAMES["t5"])
     write_tiny_t5(models / "text_encoders" / T5XXL_TINY, vocab_size=32128)  # no tokenizer beside it
     # its config in ComfyUI's form, for the test-only CLIP loader (tests/comfy_test_nodes.py)
@@ -127,6 +129,12 @@ def write_models(models: Path) -> None:
               "num_heads": ch.TINY_T5["num_heads"], "num_layers": ch.TINY_T5["num_layers"], "vocab_size": 32128,
               "dense_act_fn": "gelu_pytorch_tanh", "is_gated_act": True, "model_type": "t5"}
     (models / "text_encoders" / T5XXL_TINY).with_suffix(".json").write_text(json.dumps(config))
+    # imagen-pytorch's default T5 as its Hugging Face folder, under the name the imagen-pytorch template uses (no
+    # tokenizer files: ComfyUI's bundled T5 tokenizer stands in, the same SentencePiece model)
+    folder = models / "imagen" / "t5-v1_1-base"
+    folder.mkdir()
+    write_tiny_t5(folder / "model.safetensors", vocab_size=32128)
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["T5EncoderModel"]}))
 
 
 def link_models(models: Path, links: dict[str, Path]) -> None:

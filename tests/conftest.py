@@ -9,12 +9,14 @@ import torch
 # threads contending (and keeps timings steady when other jobs share the machine).
 torch.set_num_threads(1)
 
-from tests.comfy_helpers import DEMO_NAMES, write_if_folder, write_tiny_stage, write_tiny_t5
+from tests.comfy_helpers import (DEMO_NAMES, IMAGEN_PYTORCH_NAME, write_if_folder, write_tiny_imagen_pytorch,
+                                 write_tiny_stage, write_tiny_t5)
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
-    """models/imagen (tiny base + SR under the demo names, an IF folder skeleton) and models/text_encoders."""
+    """models/imagen (tiny base + SR under the demo names, an IF folder skeleton, a tiny imagen-pytorch trainer
+    checkpoint) and models/text_encoders."""
     root = tmp_path_factory.mktemp("models")
     imagen, text = root / "imagen", root / "text_encoders"
     imagen.mkdir()
@@ -23,6 +25,7 @@ def models_dir(tmp_path_factory):
     write_tiny_stage(imagen / DEMO_NAMES["sr"], "sr")
     write_tiny_t5(text / DEMO_NAMES["t5"])
     write_if_folder(imagen / "IF-I-M-v1.0")
+    write_tiny_imagen_pytorch(imagen / IMAGEN_PYTORCH_NAME)
     return root
 
 

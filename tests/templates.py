@@ -197,6 +197,24 @@ def templates() -> list[Template]:
                                     {"model": ("sr", 0), "embeds": ("embeds", 0), "sampler": ("select", 0),
                                      "sigmas": ("split", 1), "image": ("sample", 0)}))],
                   [("save", _save("upscale", "imagen/custom_sampler"))]]),
+        Template("imagen-pytorch cascade",
+                 "Your own imagen-pytorch (lucidrains) checkpoint, loaded natively: put the trainer's .pt file in "
+                 "models/imagen; Imagen Model Loader lists each of its U-Nets, 'imagen.pt [unet 1]' (the base), "
+                 "'[unet 2]' (super-resolution), EMA weights ('[unet 1, online]' for the trained ones). A file "
+                 "saved without ImagenConfig needs a settings file beside it, imagen.json (the loader says which "
+                 "fields). The T5 it was trained with goes in models/imagen too: imagen-pytorch's default "
+                 "google/t5-v1_1-base as a folder, t5-v1_1-base/ (config.json and its weights). Imagen-pytorch "
+                 "samples 1000 DDPM steps per U-Net ('auto' here does the same); DPM++ 2M at 30 / 20 steps is set.",
+                 [[("t5", _t5("t5-v1_1-base", title="T5 v1.1 base (imagen-pytorch's default)")),
+                   ("embeds", _encode("a red circle to the left of a blue square")),
+                   ("base", _loader(f"{ch.IMAGEN_PYTORCH_NAME} [unet 1]", "Base U-Net ([unet 1])")),
+                   ("sr", _loader(f"{ch.IMAGEN_PYTORCH_NAME} [unet 2]", "SR U-Net ([unet 2])"))],
+                  [("sample", _stage("ImagenBaseSampler", "base", title="U-Net 1", seed=1, sampler="dpmpp_2m",
+                                     schedule="karras", steps=30))],
+                  [("preview", _preview("sample", "Base image"))],
+                  [("upscale", _stage("ImagenSuperResolution", "sr", title="U-Net 2", seed=1, sampler="dpmpp_2m",
+                                      schedule="karras", steps=20, links={"image": ("sample", 0)}))],
+                  [("save", _save("upscale", "imagen/imagen_pytorch"))]]),
         Template("DeepFloyd IF with Flux T5",
                  "DeepFloyd IF stage I and II on the T5-XXL a Flux (or SD3) setup already has: DualCLIPLoader loads "
                  "clip_l + t5xxl under ComfyUI's memory management (fp8 and GGUF loaders work too) and Imagen Text "

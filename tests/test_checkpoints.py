@@ -88,7 +88,7 @@ def test_missing_and_foreign_files(tmp_path):
         "sd.safetensors": ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, "Stable Diffusion"),
         "t5.safetensors": ({"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(2),
                             "shared.weight": torch.zeros(2)}, "T5 text encoder"),
-        "imagen.safetensors": ({"unets.0.init_conv.weight": torch.zeros(2)}, "imagen-pytorch .*not yet supported"),
+        "imagen.safetensors": ({"unets.0.init_conv.weight": torch.zeros(2)}, "records no Imagen settings.*imagen.json"),
         "misc.safetensors": ({"foo.weight": torch.zeros(2)}, "not an Imagen / DeepFloyd IF stage"),
         "orig_if.safetensors": ({"input_blocks.0.0.weight": torch.zeros(2), "encoder_proj.weight": torch.zeros(2)},
                                 "original deepfloyd_if layout"),

@@ -21,6 +21,7 @@ from comfyui_imagen import layercast
 from comfyui_imagen.unet import ImagenUNet
 from comfyui_imagen.unet.config import TINY_BASE
 from nodes import comfy_compat
+from tests.comfy_helpers import TINY_IMAGEN_PYTORCH_UNET
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -103,6 +104,25 @@ def test_enable_is_idempotent_and_marks_every_layer_with_parameters():
     assert all(len(m._forward_pre_hooks) == 1 for m in holders)
 
 
+def test_layers_whose_parameters_are_not_weight_and_bias_get_both_as_none():
+    # ComfyUI's ModelPatcher reads m.weight and m.bias of every module it may offload; imagen-pytorch's norms hold
+    # only a "gamma", its time embedding "weights"
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gamma = nn.Parameter(torch.full((4,), 2.0))
+
+        def forward(self, x):
+            return x * self.gamma
+
+    model = layercast.enable(nn.Sequential(Norm(), nn.Linear(4, 4, bias=False)))
+    assert (model[0].weight, model[0].bias, model[1].bias) == (None, None, None)
+    assert model[1].weight is not None and list(dict(model[0].named_parameters())) == ["gamma"]
+    model[0].comfy_cast_weights = True
+    x = torch.ones(1, 4, dtype=torch.float64)
+    assert torch.equal(model[0](x), x * 2) and model[0].gamma.dtype == torch.float32
+
+
 @pytest.mark.parametrize("share", [0.0, 0.3, 0.7])
 def test_a_partially_loaded_unet_runs_its_offloaded_layers_one_call_at_a_time(share):
     unet = tiny_unet()
@@ -167,8 +187,26 @@ def test_first_layer_is_placed_on_the_run_device():
     assert sum(p.device.type == "cpu" for p in unet.parameters()) == len(list(unet.parameters())) - len(moved)
 
 
+# the two U-Net families (Efficient U-Net; imagen-pytorch's, whose layers hold "gamma" / "weights" parameters)
+PATCHER_UNETS = {
+    "efficient": """
+        from comfyui_imagen.unet import ImagenUNet
+        from comfyui_imagen.unet.config import TINY_BASE
+        unet = ImagenUNet(TINY_BASE).eval().requires_grad_(False)
+        unet.set_winograd(False)
+        width, t = TINY_BASE.text_embed_dim, torch.tensor([10.0, 500.0])""",
+    "imagen-pytorch": f"""
+        from comfyui_imagen.unet.imagen_pytorch import ImagenPytorchUNet, ImagenPytorchUNetConfig
+        kwargs = {TINY_IMAGEN_PYTORCH_UNET!r}
+        unet = ImagenPytorchUNet(ImagenPytorchUNetConfig.from_kwargs(kwargs)).eval().requires_grad_(False)
+        width, t = kwargs["text_embed_dim"], torch.tensor([-3.0, 5.0])""",
+}
+
+
 @pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run against its ModelPatcher")
-def test_comfyui_model_patcher_loads_our_unet_partially():
+@pytest.mark.parametrize("family", list(PATCHER_UNETS))
+def test_comfyui_model_patcher_loads_our_unet_partially(family):
+    build = textwrap.indent(textwrap.dedent(PATCHER_UNETS[family]).strip(), " " * 8)
     script = textwrap.dedent(f"""
         import importlib.util, json, sys
         sys.path[:0] = [{str(Path(COMFYUI).expanduser())!r}, {str(ROOT)!r}]
@@ -177,17 +215,13 @@ def test_comfyui_model_patcher_loads_our_unet_partially():
         import comfy.model_patcher
         import torch
         from comfyui_imagen import layercast
-        from comfyui_imagen.unet import ImagenUNet
-        from comfyui_imagen.unet.config import TINY_BASE
         spec = importlib.util.spec_from_file_location("imagen_compat", {str(ROOT / "nodes" / "comfy_compat.py")!r})
         compat = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(compat)
         torch.manual_seed(0)
-        unet = ImagenUNet(TINY_BASE).eval().requires_grad_(False)
-        unet.set_winograd(False)
+{build}
         g = torch.Generator().manual_seed(1)
-        inputs = (torch.randn(2, 3, 32, 32, generator=g), torch.tensor([10.0, 500.0]),
-                  torch.randn(2, 5, TINY_BASE.text_embed_dim, generator=g))
+        inputs = (torch.randn(2, 3, 32, 32, generator=g), t, torch.randn(2, 5, width, generator=g))
         forward = lambda: unet(*inputs)
         module_bytes = lambda m: sum(t.numel() * t.element_size() for t in m.state_dict().values())
         with torch.no_grad():

@@ -135,3 +135,14 @@ def test_process_memory_reads_this_process_and_nothing_for_a_missing_one():
     if own:  # Linux
         assert set(own) == {"VmRSS", "VmHWM", "RssAnon", "RssFile"} and 0 < own["VmRSS"] <= own["VmHWM"]
     assert process_memory(2**22 + 12345) == {}
+
+
+def test_every_unet_family_gives_the_estimate_its_level_widths():
+    from comfyui_imagen.unet.imagen_pytorch import ImagenPytorchUNetConfig
+
+    config = ImagenPytorchUNetConfig.from_kwargs(dict(dim=8, dim_mults=(1, 2, 4), layer_attns=(False, False, True),
+                                                      layer_cross_attns=(False, True, True)))
+    assert config.feature_levels == ((8, False), (16, True), (32, True))
+    assert memory._feature_elements(config, 64, 64) == (64 * 64 * (8 + 16 / 4 + 32 / 16), 64 * 64 * (16 / 4 + 32 / 16))
+    base = load_stage(DEMO / "imagen-demo-base64.safetensors").config.unet
+    assert base.feature_levels == tuple((c, a != "none") for c, a in zip(base.channels, base.attention))

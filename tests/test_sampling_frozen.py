@@ -61,6 +61,7 @@ def test_run_matches_the_release_before_the_redesign(inputs, name):
     with torch.no_grad():
         x = RUNS[name](inputs).double()
     want = DIGESTS[name]
-    assert float(x.sum()) == pytest.approx(want["sum"], rel=1e-5, abs=1e-3)
+    # the signed sum cancels: its rounding (other CPUs' kernels sum in other orders) scales with the absolute sum
+    assert float(x.sum()) == pytest.approx(want["sum"], abs=1e-5 * want["abs"])
     assert float(x.abs().sum()) == pytest.approx(want["abs"], rel=1e-5)
     assert x[0, :, 0, :4].flatten().tolist() == pytest.approx(want["corner"], abs=1e-4)

@@ -12,8 +12,9 @@ from tests import comfy_helpers as ch
 UI_FILES = sorted(ch.WORKFLOWS.glob("*.json"))
 NAMES = [p.stem for p in UI_FILES]
 REQUIRED = {"Imagen text to image", "Imagen cascade to 1024 px", "DeepFloyd IF to 1024 px", "Imagen crop and upscale",
-            "Imagen image to image", "Imagen inpaint", "Imagen custom sampler", "DeepFloyd IF with Flux T5"}
-DEMO_TEMPLATES = sorted(name for name in REQUIRED if not name.startswith("DeepFloyd"))
+            "Imagen image to image", "Imagen inpaint", "Imagen custom sampler", "DeepFloyd IF with Flux T5",
+            "imagen-pytorch cascade"}
+DEMO_TEMPLATES = sorted(name for name in REQUIRED if not name.startswith(ch.NEEDS_USER_MODELS))
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +151,13 @@ def test_models_a_fresh_install_lacks_carry_their_folder_for_the_missing_models_
 OUTPUT_SIZES = {"Imagen text to image": (4, 64, 64), "Imagen cascade to 1024 px": (1, 1024, 1024),
                 "DeepFloyd IF to 1024 px": (1, 1024, 1024), "Imagen crop and upscale": (1, 256, 256),
                 "Imagen image to image": (1, 256, 256), "Imagen inpaint": (1, 256, 256),
-                "Imagen custom sampler": (1, 256, 256), "DeepFloyd IF with Flux T5": (1, 256, 256)}
+                "Imagen custom sampler": (1, 256, 256), "DeepFloyd IF with Flux T5": (1, 256, 256),
+                "imagen-pytorch cascade": (1, 256, 256)}
 # The DeepFloyd workflow names IF's files; on the tiny models they stand in for them.
 TINY_FOR = {"IF-I-XL-v1.0/unet/diffusion_pytorch_model.fp16.safetensors": "imagen-demo-base64.safetensors",
             "IF-II-L-v1.0/unet/diffusion_pytorch_model.fp16.safetensors": "imagen-demo-sr256.safetensors",
             "IF-I-XL-v1.0": "imagen-demo-base64.safetensors", "IF-II-L-v1.0": "imagen-demo-sr256.safetensors",
-            "t5xxl_fp16.safetensors": "imagen-demo-t5.safetensors"}
+            "t5xxl_fp16.safetensors": "imagen-demo-t5.safetensors", "t5-v1_1-base": "imagen-demo-t5.safetensors"}
 SAVED = sorted((ch.ROOT / "tests" / "fixtures" / "saved_workflows").glob("*.json"))
 
 

@@ -15,6 +15,7 @@ from ..dtypes import DtypePlan, stage_dtypes
 from ..stage import Stage
 from .deepfloyd import find_unet_folder, find_weight_file, load_diffusers_folder, load_if_file
 from .errors import CheckpointError
+from .imagen_pytorch import load_imagen_pytorch, split_unet_name
 from .native import is_native, load_native
 from .tensors import shapes_only
 
@@ -24,10 +25,18 @@ AUTO = "auto"  # load_stage's dtype for "the device's choice" (`comfyui_imagen.d
 STAGE_DTYPES = {"default": AUTO, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPUTE_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: parity work
 
+def _load_imagen_pytorch(weights: files.Weights, dtype: Optional[torch.dtype], *, number: Optional[int] = None,
+                         online: bool = False) -> Stage:
+    return load_imagen_pytorch(weights.path, dtype, number=number, online=online)
+
+
 # The seam of the file side: each stage family's reader, by what `files.identify` / `files.folder_family` call it.
-# A new model family adds its reader here (and its key test in `files.families`); nothing else changes.
-FILE_READERS: dict[str, Callable[[files.Weights, Optional[torch.dtype]], Stage]] = {
-    files.NATIVE.name: load_native, files.DEEPFLOYD.name: load_if_file}
+# A new model family adds its reader here (and its key test in `files.families`); nothing else changes. A reader
+# of files that hold several stages takes ``number`` / ``online`` (the name's "[unet N]", `split_unet_name`).
+FILE_READERS: dict[str, Callable[..., Stage]] = {
+    files.NATIVE.name: load_native, files.DEEPFLOYD.name: load_if_file,
+    files.IMAGEN_PYTORCH.name: _load_imagen_pytorch}
+MULTI_STAGE_READERS = frozenset({files.IMAGEN_PYTORCH.name})
 FOLDER_READERS: dict[str, Callable[[Path, Optional[torch.dtype]], Stage]] = {
     files.IF_PIPELINE.name: load_diffusers_folder, files.UNET_FOLDER.name: load_diffusers_folder}
 
@@ -51,8 +60,10 @@ def load_stage(path: str | os.PathLike, dtype: torch.dtype | str | None = None, 
     """Load a cascade stage from any supported source, on the CPU, in eval mode, without gradients.
 
     path: a comfyui-imagen ``.safetensors`` stage (config in its metadata); a DeepFloyd IF diffusers folder (the model
-    root or its ``unet/``); or a lone IF U-Net file (``.safetensors``, or a ``.bin``/``.pt`` pickle read with
-    ``weights_only=True``), its config inferred from tensor shapes (or read from a config.json beside it). dtype:
+    root or its ``unet/``); a lone IF U-Net file (``.safetensors``, or a ``.bin``/``.pt`` pickle read with
+    ``weights_only=True``), its config inferred from tensor shapes (or read from a config.json beside it); or an
+    imagen-pytorch checkpoint, one U-Net of it named ``"file.pt [unet N]"`` (``[unet N, online]``: its trained
+    rather than its EMA weights; `comfyui_imagen.checkpoints.imagen_pytorch`). dtype:
     None keeps the stored dtype (fp16 stays fp16); one of `COMPUTE_DTYPES` casts the floating weights to it;
     ``"auto"`` (`AUTO`) is the choice for running on ``device`` (`stage_plan`: bf16 for fp16 files on a CPU with
     native bf16, fp32 compute with the weights kept as stored and cast per layer on other CPUs, fp16 on CUDA; fp32
@@ -62,7 +73,7 @@ def load_stage(path: str | os.PathLike, dtype: torch.dtype | str | None = None, 
     if dtype != AUTO and dtype not in COMPUTE_DTYPES:
         raise CheckpointError(f"dtype must be one of {[str(d) for d in COMPUTE_DTYPES]} (None keeps the file's) or "
                               f"{AUTO!r} (the device's choice); got {dtype!r}")
-    p = Path(path).expanduser()
+    p, number, online = _split(path)
     with files.raised_as(CheckpointError):
         if not p.exists():
             raise CheckpointError(f"{p} does not exist: put the stage file in ComfyUI's models/imagen folder (or give "
@@ -76,11 +87,32 @@ def load_stage(path: str | os.PathLike, dtype: torch.dtype | str | None = None, 
             stage = FOLDER_READERS[family.name if family else files.UNET_FOLDER.name](p, storage)
         else:
             weights = files.open_weights(p)
-            stage = FILE_READERS[classify(weights)](weights, storage)
+            family = classify(weights)
+            if family in MULTI_STAGE_READERS:
+                stage = FILE_READERS[family](weights, storage, number=number, online=online)
+            elif number is not None:
+                raise CheckpointError(f"{p} holds one stage: '[unet {number}]' names one U-Net of an imagen-pytorch "
+                                      f"checkpoint; load {p.name} without it")
+            else:
+                stage = FILE_READERS[family](weights, storage)
     if plan is not None and plan.cast_per_layer:
         # the U-Net computes in its input convolution's dtype: that (small) layer is converted, the rest cast per call
-        layercast.cast_per_layer(stage.unet, plan.compute, resident=[stage.unet.conv_in])
+        layercast.cast_per_layer(stage.unet, plan.compute, resident=[input_layer(stage.unet)])
     return stage
+
+
+def _split(path: str | os.PathLike) -> tuple[Path, Optional[int], bool]:
+    """(file, U-Net number, online) of a stage name: a path, or an imagen-pytorch file's ``"path [unet N]"``."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p, None, False
+    name, number, online = split_unet_name(str(path))
+    return Path(name).expanduser(), number, online
+
+
+def input_layer(unet: torch.nn.Module) -> torch.nn.Module:
+    """The U-Net's first layer, whose weights' dtype is the dtype it computes in (each family names its own)."""
+    return unet.conv_in if hasattr(unet, "conv_in") else unet.init_conv
 
 
 def peek_stage(path: str | os.PathLike) -> Stage:
@@ -94,7 +126,7 @@ def peek_stage(path: str | os.PathLike) -> Stage:
 def stored_dtype(path: str | os.PathLike) -> torch.dtype:
     """The floating dtype a stage is stored in (most of its bytes), from the file's header alone. For a diffusers
     folder, the weights `load_stage` reads for a half-precision load (the ``.fp16`` variant when it is there)."""
-    p = Path(path).expanduser()
+    p = _split(path)[0]
     if p.is_dir():
         unet_dir, _ = find_unet_folder(p)
         p = find_weight_file(unet_dir, torch.float16)
@@ -113,4 +145,4 @@ def loaded_plan(stage: Stage) -> DtypePlan:
     sizes: dict[torch.dtype, int] = {}
     for param in stage.unet.parameters():
         sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel() * param.element_size()
-    return DtypePlan(max(sizes, key=sizes.get), stage.unet.conv_in.weight.dtype)
+    return DtypePlan(max(sizes, key=sizes.get), next(input_layer(stage.unet).parameters()).dtype)

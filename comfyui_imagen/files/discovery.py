@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 
 from .errors import ModelFileError
 from .families import IF_PIPELINE, T5_FOLDER, UNET_FOLDER, folder_family
+from .multi import split_unet_name, stage_names, unet_name
 from .reader import GGUF_SUFFIXES, SAFETENSORS_SUFFIXES, WEIGHT_SUFFIXES
 
 UNET_WEIGHTS = "diffusion_pytorch_model"  # how diffusers names a U-Net's weight files (and its .fp16 variants)
@@ -108,8 +109,10 @@ def _unique(names: Iterable[str]) -> list[str]:
 
 
 def list_stages(roots: Iterable[str | Path], bundled: Iterable[Path] = ()) -> list[str]:
-    """Stage names offered by the models folders `roots`, then the `bundled` files' names."""
-    found = [name for root in roots for name in scan_folder(root).stages]
+    """Stage names offered by the models folders `roots`, then the `bundled` files' names; a file that holds
+    several stages (an imagen-pytorch checkpoint) is listed once per stage, ``"name [unet N]"`` (`multi`)."""
+    found = [entry for root in roots for name in scan_folder(root).stages
+             for entry in (stage_names(Path(root) / name, name) if is_weight_file(name) else [name])]
     return _unique(found + [Path(p).name for p in bundled])
 
 
@@ -124,7 +127,8 @@ def list_t5(text_roots: Iterable[str | Path], model_roots: Iterable[str | Path],
 
 def resolve(name: str, roots: Iterable[str | Path], bundled: Iterable[Path] = (), *,
             advice: str = WHERE_MODELS_GO) -> Path:
-    """The path of a listed `name`: the first of `roots` holding it, else the `bundled` file of that name.
+    """The path of a listed `name`: the first of `roots` holding it, else the `bundled` file of that name. One stage
+    of a file holding several keeps its ``" [unet N]"`` after the path (`load_stage` reads it).
 
     A name is relative and stays inside its folder: an absolute path or a ``..`` part is refused, so a workflow can
     only name models that were offered. `ModelFileError` naming the folders searched (and `advice`) when absent.
@@ -133,10 +137,13 @@ def resolve(name: str, roots: Iterable[str | Path], bundled: Iterable[Path] = ()
     if not parts or ".." in parts or os.path.isabs(name) or Path(name).drive:
         raise ModelFileError(f"invalid model name {name!r}; pick one from the list")
     searched = [str(root) for root in roots]
+    file, number, online = split_unet_name(name)
     for root in searched:
         path = Path(root) / name
         if path.exists():
             return path
+        if number is not None and (Path(root) / file).is_file():  # one stage of a file holding several
+            return Path(unet_name(str(Path(root) / file), number, online))
     for path in bundled:
         if Path(path).name == name:
             return Path(path)

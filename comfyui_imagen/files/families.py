@@ -37,8 +37,7 @@ IF_ORIGINAL = Family("deepfloyd-original", "a DeepFloyd IF U-Net in the original
                      "use the diffusers layout from the Hugging Face repo instead (unet/config.json + "
                      "unet/diffusion_pytorch_model[.fp16].safetensors)")
 IMAGEN_PYTORCH = Family("imagen-pytorch", "an imagen-pytorch checkpoint",
-                        "imagen-pytorch checkpoints are not yet supported; export the stage's U-Net to DeepFloyd IF's "
-                        "diffusers layout or retrain it with `python -m comfyui_imagen.train`")
+                        f"load it with {STAGE_LOADER}, one U-Net at a time ('file.pt [unet 1]', '[unet 2]' ...)")
 _COMFY = ("load it with ComfyUI's own loaders; the Imagen loaders take DeepFloyd IF stage I/II, comfyui-imagen "
           "stage files and T5 encoders")
 FLUX = Family("flux", "a Flux transformer", _COMFY)
@@ -69,7 +68,7 @@ def _containing(*parts: str) -> Callable[[set[str]], bool]:
 
 # (test on the key set, family); first match wins, so the specific layouts come before the prefixes they share
 _RULES: tuple[tuple[Callable[[set[str]], bool], Family], ...] = (
-    (lambda ks: _prefixed("unets.", "downs.0.", "init_resnet_block.")(ks)
+    (lambda ks: _prefixed("unets.", "downs.0.", "init_resnet_block.", "0.ema_model.", "0.online_model.")(ks)
      or {"init_conv.weight", "final_conv.weight"} <= ks, IMAGEN_PYTORCH),
     (lambda ks: "encoder_pooling.1.q_proj.weight" in ks or {"input_blocks.0.0.weight", "encoder_proj.weight"} <= ks,
      IF_ORIGINAL),
