@@ -31,6 +31,7 @@ from .checks import check_int, check_text
 from .files import split_unet_name
 from .samplers import SAMPLERS
 from .settings import DEFAULT_BASE, DEFAULT_SR
+from .text.cleaning import PREPROCESS_MODES
 
 
 @dataclass
@@ -188,6 +189,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--sr-strength", type=float, default=None,
                    help="1: SR from pure noise; below 1: start from the bicubic upsampling noised to that fraction "
                         "of the schedule (SDEdit: keeps the layout, fewer steps)" + default(DEFAULT_SR.strength))
+    g.add_argument("--max-length", type=int, default=77,
+                   help="tokens kept per prompt (DeepFloyd IF: 77; imagen-pytorch trains on 256; default: 77)")
+    g.add_argument("--preprocess", choices=PREPROCESS_MODES, default="lower",
+                   help="text preparation before the T5: lower (lower-case and trim, as DeepFloyd IF), none (as "
+                        "typed, as imagen-pytorch), clean (IF's caption cleaner) (default: lower)")
     g.add_argument("--t5", default=None, help="T5 encoder file or HF folder (default: the bundled demo T5)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder for the T5 ('byte' for byte-level models; default: found beside "
                         "the T5, or the demo's byte-level one)")
@@ -301,6 +307,7 @@ def check_args(args) -> None:
         check_int(args.noise_level, "--noise-level", 0, MAX_NOISE_LEVEL, " (IF uses 250, the demo SR 100)")
     if args.sr_strength is not None:
         check_strength(args.sr_strength, "SR from pure noise")
+    check_int(args.max_length, "--max-length", 1, 512, " (DeepFloyd IF uses 77, imagen-pytorch 256)")
     for flag, value in (("--t5", args.t5), ("--base", args.base), *(("--sr", p) for p in args.sr or ()),
                         ("--tokenizer", None if (args.tokenizer or "byte").lower() in ("byte", "bytes", "byt5")
                          else args.tokenizer)):
@@ -373,7 +380,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 return runner(prompts, negative=negative,
                               base_settings=lambda stage: stage_settings(stage, seed, **flags),
                               sr_settings=lambda stage: stage_settings(stage, seed, **sr_flags),
-                              noise_level=args.noise_level, sr_strength=args.sr_strength, progress=progress)
+                              noise_level=args.noise_level, sr_strength=args.sr_strength, progress=progress,
+                              max_length=args.max_length, preprocess_mode=args.preprocess)
 
         if jobs is not None:
             summary = draw_prompt_file(draw, jobs, Path(args.output).expanduser(), batch_size=args.batch_size,

@@ -22,16 +22,16 @@ def convert(source: str, output: str | Path, *, number: Optional[int] = None, on
     """Load `source` (`load_stage`'s names: ``"file.pt [unet 2]"``; `number` / `online` add that selector) and
     save it as a native stage file at `output` (``.safetensors``). Returns the path written."""
     from .checkpoints import load_stage, save_stage
+    from .checkpoints.native import check_stage_path
     from .files import split_unet_name, unet_name
 
     name, given, given_online = split_unet_name(source)
     if number is not None or online:
-        if given is not None and given != number:
+        if number is not None and given is not None and given != number:
             raise ValueError(f"{source} names U-Net {given} but --unet {number} was given; give one of them")
         source = unet_name(name, number if number is not None else given or 1, online or given_online)
     output = Path(output).expanduser()
-    if output.suffix not in (".safetensors", ".sft"):
-        raise ValueError(f"-o {output}: a native stage file is .safetensors; give a name ending in .safetensors")
+    check_stage_path(output)
     stage = load_stage(source, dtype=dtype)
     config = stage.config.replace(name=stage.config.name or Path(name).stem)
     return save_stage(output, stage.unet, config)

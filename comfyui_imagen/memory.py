@@ -46,11 +46,12 @@ class MemoryLimitError(ValueError):
 
 def _feature_elements(unet_config, height: int, width: int) -> tuple[float, float]:
     """(sum over U-Net levels of channels x pixels, the same over levels with attention) for one image; the config's
-    ``feature_levels`` ((channels, attends) per level, every U-Net family has it), or one plain 64-channel level."""
-    levels = getattr(unet_config, "feature_levels", None) or ((64, False),)
+    ``feature_levels`` ((channels, attends, share of the pixels) per level; every U-Net family has it), or one
+    plain full-size 64-channel level."""
+    levels = getattr(unet_config, "feature_levels", None) or ((64, False, 1.0),)
     pixels = height * width
-    conv = sum(c * pixels / 4 ** i for i, (c, _) in enumerate(levels))
-    attention = sum(c * pixels / 4 ** i for i, (c, attends) in enumerate(levels) if attends)
+    conv = sum(c * pixels * share for c, _, share in levels)
+    attention = sum(c * pixels * share for c, attends, share in levels if attends)
     return conv, attention
 
 

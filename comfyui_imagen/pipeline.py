@@ -87,14 +87,14 @@ class CascadeRunner:
 
 def run(runner: CascadeRunner, prompts: list[str], *, negative: str = "", base_settings: StageSettings = None,
         sr_settings: Union[StageSettings, Sequence[StageSettings]] = None, noise_level: Optional[int] = None,
-        sr_strength: Optional[float] = None, max_length: int = 77,
+        sr_strength: Optional[float] = None, max_length: int = 77, preprocess_mode: str = "lower",
         progress: Optional[Callable[[str], Callable]] = None) -> list:
     """Each stage's output for `prompts` (item k seeded seed + k): [base [B,3,64,64], sr1 [B,3,256,256], ...], images
     in -1..1. The T5 encodes the prompts and the negative prompt and is released before the base stage loads; each
     stage is released before the next one loads. Settings left None are each stage's recommended ones; a setting may
     be a function of the loaded `Stage` (the recommended ones with the user's changes); `sr_settings` is one for
     every SR stage or a list with one per stage. `progress(label)` may return a per-step callback; `sr_strength` see
-    `cascade.super_resolve`."""
+    `cascade.super_resolve`; `max_length` / `preprocess_mode` as `T5Encoder.encode` takes them."""
     from .cascade import Conditioning, generate, super_resolve
 
     per_sr = list(sr_settings) if isinstance(sr_settings, (list, tuple)) else [sr_settings] * len(runner.srs)
@@ -102,8 +102,8 @@ def run(runner: CascadeRunner, prompts: list[str], *, negative: str = "", base_s
         raise ValueError(f"sr_settings lists {len(per_sr)} settings for {len(runner.srs)} SR stages; give one "
                          f"SamplingSettings for all, or one per stage")
     t5 = runner.t5.get()
-    pos = t5.encode(list(prompts), max_length=max_length)
-    neg = t5.encode([negative] * len(prompts), max_length=max_length)
+    pos = t5.encode(list(prompts), max_length=max_length, preprocess_mode=preprocess_mode)
+    neg = t5.encode([negative] * len(prompts), max_length=max_length, preprocess_mode=preprocess_mode)
     del t5
     runner.t5.done()
     cond = Conditioning(pos, neg)

@@ -181,14 +181,21 @@ def _discrete(schedule: Schedule, spacing: str) -> DiscreteSchedule:
     return schedule
 
 
-def get_sigmas(schedule: Schedule, spacing: str, steps: int | None = None, *, rho: float = 7.0,
+def _grid_top(schedule: Schedule) -> float:
+    """Where a sigma-spaced grid starts: the schedule's `grid_sigma_max` when it sets one, else its sigma_max."""
+    top = getattr(schedule, "grid_sigma_max", None)
+    return schedule.sigma_max if top is None else min(top, schedule.sigma_max)
+
+
+def get_sigmas(schedule: Schedule, spacing: str, steps: int | None = None, *, rho: float | None = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The descending sigma grid (ending in 0; "uniform" on a continuous schedule ends at its smallest sigma) for
     `steps` sampler steps on `schedule`.
 
-    spacing: "karras" (rho), "exponential", "uniform" (= "trailing" on a discrete schedule, time-uniform on a
-    continuous one), "trailing", "leading", "linspace", or a DeepFloyd IF preset (fast27, smart27, smart50, smart100,
-    smart185, super27, super40, super100; these fix the step count, so `steps` must be None or match).
+    spacing: "karras" (rho; None: the schedule's own, e.g. an `EDMSchedule`'s, else 7) and "exponential" (both from
+    the schedule's `grid_sigma_max` where it sets one), "uniform" (= "trailing" on a discrete schedule, time-uniform
+    on a continuous one), "trailing", "leading", "linspace", or a DeepFloyd IF preset (fast27, smart27, smart50,
+    smart100, smart185, super27, super40, super100; these fix the step count, so `steps` must be None or match).
     Computed in float64, returned as `dtype`.
     """
     if spacing in IF_PRESETS:
@@ -199,9 +206,10 @@ def get_sigmas(schedule: Schedule, spacing: str, steps: int | None = None, *, rh
     elif steps is None:
         raise ValueError(f"spacing {spacing!r} needs a number of steps")
     elif spacing == "karras":
-        sigmas = get_sigmas_karras(steps, schedule.sigma_min, schedule.sigma_max, rho)
+        sigmas = get_sigmas_karras(steps, schedule.sigma_min, _grid_top(schedule),
+                                   getattr(schedule, "rho", 7.0) if rho is None else rho)
     elif spacing == "exponential":
-        sigmas = get_sigmas_exponential(steps, schedule.sigma_min, schedule.sigma_max)
+        sigmas = get_sigmas_exponential(steps, schedule.sigma_min, _grid_top(schedule))
     elif spacing == "uniform" and isinstance(schedule, ContinuousSchedule):
         sigmas = get_sigmas_uniform_time(schedule, steps)
     elif spacing in ("trailing", "uniform"):

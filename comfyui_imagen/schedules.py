@@ -184,6 +184,10 @@ class ContinuousSchedule:
     `log_snr_min` caps the noise at t = 1, where the cosine log-SNR is -inf: sigma <= exp(-log_snr_min / 2).
     imagen-pytorch computes the log-SNR in float32, where t = 1 gives a finite -33.9 (`float32_log_snr`); its
     networks start sampling there, so its stages set that cap (None: no cap).
+    `grid_sigma_max` is the top of the sigma-spaced sampling grids ("karras", "exponential"; None: `sigma_max`). At
+    the float32 cap the cosine sigma is 2.3e7, and a Karras grid from there spends 26 of 30 steps above 80, where
+    the image is noise: imagen-pytorch's stages start those grids at sigma(1 - 1/timesteps), the noise level their
+    own DDPM's first step lands on (642 for 1000 steps).
     """
 
     kind: Literal["cosine", "linear"] = "cosine"
@@ -191,6 +195,7 @@ class ContinuousSchedule:
     time_scale: float = 1000.0
     s: float = 0.008
     log_snr_min: Optional[float] = None
+    grid_sigma_max: Optional[float] = None
 
     def __post_init__(self):
         if self.kind not in ("cosine", "linear"):
@@ -199,6 +204,8 @@ class ContinuousSchedule:
             raise ValueError(f"unknown condition {self.condition!r}; expected 'log_snr' or 'time'")
         if self.log_snr_min is not None and not math.isfinite(self.log_snr_min):
             raise ValueError(f"log_snr_min must be a finite number or None, got {self.log_snr_min!r}")
+        if self.grid_sigma_max is not None and not (0 < self.grid_sigma_max < math.inf):
+            raise ValueError(f"grid_sigma_max must be a positive number or None, got {self.grid_sigma_max!r}")
 
     @property
     def sigma_min(self) -> float:
@@ -263,15 +270,19 @@ def float32_log_snr(kind: str, time: float, s: float = 0.008) -> float:
 class EDMSchedule:
     """Karras et al. 2022 ("EDM") noise levels: the VE sigma itself, from `sigma_min` to `sigma_max`, the network
     conditioned on "c_noise(sigma) = 1/4 ln(sigma)" (Table 1), as imagen-pytorch's ElucidatedImagen (its defaults:
-    0.002 and 80). The input and output scalings (c_in, c_skip, c_out) are the denoiser's (`EDMDenoiser`)."""
+    0.002 and 80). The input and output scalings (c_in, c_skip, c_out) are the denoiser's (`EDMDenoiser`). `rho`
+    is the Karras grid's (its eq. 5, 7 by default) that "karras" spacing on this schedule uses."""
 
     sigma_min: float = 0.002
     sigma_max: float = 80.0
+    rho: float = 7.0
 
     def __post_init__(self):
         if not (0 < self.sigma_min < self.sigma_max and math.isfinite(self.sigma_max)):
             raise ValueError(f"an EDM schedule needs 0 < sigma_min < sigma_max, got {self.sigma_min}, "
                              f"{self.sigma_max}")
+        if not (self.rho > 0 and math.isfinite(self.rho)):
+            raise ValueError(f"an EDM schedule's rho must be a positive number, got {self.rho}")
 
     def sigma_to_t(self, sigma) -> torch.Tensor:
         sigma = _as_float_tensor(sigma)
@@ -286,8 +297,9 @@ Schedule = Union[DiscreteSchedule, ContinuousSchedule, EDMSchedule]
 
 def get_schedule(name: str, num_train_timesteps: int = 1000, **kwargs) -> Schedule:
     """A schedule by name: "linear" (kwargs beta_start, beta_end), "squaredcos_cap_v2" or its alias "cosine"
-    (DeepFloyd IF), "continuous_cosine" or "continuous_linear" (kwargs condition, time_scale, log_snr_min), "edm"
-    (kwargs sigma_min, sigma_max)."""
+    (DeepFloyd IF), "continuous_cosine" or "continuous_linear" (kwargs condition, time_scale, log_snr_min,
+    grid_sigma_max), "edm"
+    (kwargs sigma_min, sigma_max, rho)."""
     if name == "linear":
         return DiscreteSchedule.from_betas(betas_linear(num_train_timesteps, **kwargs))
     if name in ("squaredcos_cap_v2", "cosine"):

@@ -66,8 +66,8 @@ def _t5(name=DEMO["t5"], **kw):
     return Node("ImagenT5Loader", {"t5_name": name}, **kw)
 
 
-def _encode(prompt, negative=""):
-    return Node("ImagenTextEncode", {"prompt": prompt, "negative_prompt": negative}, {"t5": ("t5", 0)})
+def _encode(prompt, negative="", **widgets):
+    return Node("ImagenTextEncode", {"prompt": prompt, "negative_prompt": negative, **widgets}, {"t5": ("t5", 0)})
 
 
 def _if_loaders() -> list:
@@ -204,9 +204,11 @@ def templates() -> list[Template]:
                  "saved without ImagenConfig needs a settings file beside it, imagen.json (the loader says which "
                  "fields). The T5 it was trained with goes in models/imagen too: imagen-pytorch's default "
                  "google/t5-v1_1-base as a folder, t5-v1_1-base/ (config.json and its weights). Imagen-pytorch "
-                 "samples 1000 DDPM steps per U-Net ('auto' here does the same); DPM++ 2M at 30 / 20 steps is set.",
+                 "samples 1000 DDPM steps per U-Net ('auto' here does the same); DPM++ 2M at 30 / 20 steps is set. "
+                 "Text as imagen-pytorch encodes it: as typed (preprocess 'none'), up to 256 tokens.",
                  [[("t5", _t5("t5-v1_1-base", title="T5 v1.1 base (imagen-pytorch's default)")),
-                   ("embeds", _encode("a red circle to the left of a blue square")),
+                   ("embeds", _encode("a red circle to the left of a blue square", max_length=256,
+                                      preprocess="none")),
                    ("base", _loader(f"{ch.IMAGEN_PYTORCH_NAME} [unet 1]", "Base U-Net ([unet 1])")),
                    ("sr", _loader(f"{ch.IMAGEN_PYTORCH_NAME} [unet 2]", "SR U-Net ([unet 2])"))],
                   [("sample", _stage("ImagenBaseSampler", "base", title="U-Net 1", seed=1, sampler="dpmpp_2m",

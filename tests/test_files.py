@@ -354,3 +354,15 @@ def test_a_sharded_or_doubled_if_unet_is_listed_once_by_what_loads(tmp_path):
         (doubled / name).write_bytes(b"")
     assert files.scan_folder(models).stages == (
         "IF-D/unet/diffusion_pytorch_model.fp16.bin", "IF-D/unet/diffusion_pytorch_model.safetensors", "IF-S")
+
+
+def test_no_pickle_is_opened_on_a_torch_whose_weights_only_loader_can_run_code(tmp_path, monkeypatch):
+    from comfyui_imagen.files import reader
+
+    path = tmp_path / "unet.pt"
+    torch.save({"conv_in.weight": torch.zeros(1)}, str(path))
+    assert reader._torch_version() >= reader.SAFE_UNPICKLER_TORCH  # this torch: opened
+    monkeypatch.setattr(reader, "_torch_version", lambda: (2, 5))
+    for load in (files.load_pickle, open_weights):
+        with pytest.raises(ModelFileError, match=r"CVE-2025-32434.*update torch to 2\.6"):
+            load(path)

@@ -296,3 +296,117 @@ def test_a_t5_of_the_wrong_width_names_the_t5_the_checkpoint_needs(ip, tmp_path)
     xxl = TextEmbeds(torch.zeros(1, 4, 4096), torch.ones(1, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"4096 wide but this model was trained on 768-wide.*T5 v1\.1 base"):
         generate(stage, Conditioning(xxl, xxl), settings=stage.recommended.settings.replace(steps=2))
+
+
+def test_the_cli_draws_an_imagen_pytorch_base_with_their_text_handling(tmp_path, monkeypatch):
+    from comfyui_imagen.cli import main
+    from comfyui_imagen.text import T5TextEncoder
+    from tests.comfy_helpers import write_tiny_imagen_pytorch, write_tiny_t5
+
+    write_tiny_imagen_pytorch(tmp_path / "imagen.pt")
+    write_tiny_t5(tmp_path / "t5.safetensors")
+    seen, encode = [], T5TextEncoder.encode
+    monkeypatch.setattr(T5TextEncoder, "encode", lambda self, prompts, max_length=77, **kw: seen.append(
+        (max_length, kw.get("preprocess_mode"))) or encode(self, prompts, max_length, **kw))
+    out = tmp_path / "out.png"
+    assert main(["generate", "A red circle", "--t5", str(tmp_path / "t5.safetensors"), "--tokenizer", "byte",
+                 "--base", f"{tmp_path / 'imagen.pt'} [unet 1]", "--no-sr", "--steps", "2", "--spacing", "uniform",
+                 "--preprocess", "none", "--max-length", "256", "-o", str(out), "--quiet"]) == 0
+    assert out.is_file() and seen == [(256, "none")] * 2  # the prompt and the negative prompt
+
+
+def _settings_file(path, **fields) -> None:
+    base = {"image_sizes": [16, 32], "elucidated": False, "pred_objectives": "noise", "noise_schedules": "cosine",
+            "lowres_sample_noise_level": 0.2}
+    path.with_suffix(".json").write_text(json.dumps({**base, **fields}))
+
+
+def test_what_the_samplers_cannot_feed_is_refused_naming_it(ip, tmp_path):
+    path = tmp_path / "selfcond.pt"
+    torch.save(ip.Unet(**BASE, text_embed_dim=D, self_cond=True).state_dict(), str(path))
+    _settings_file(path, image_sizes=[16])
+    with pytest.raises(CheckpointError, match="self_cond=True, or cond_images_channels"):
+        load_stage(path)
+    video = tmp_path / "video.pt"
+    torch.save(ip.Unet(**BASE, text_embed_dim=D).state_dict(), str(video))
+    _settings_file(video, image_sizes=[16], video=True)
+    with pytest.raises(CheckpointError, match="video Imagen"):
+        load_stage(video)
+    empty = tmp_path / "placeholders.pt"
+    torch.save({"model": {"unets.0.dummy_parameter": torch.zeros(1)}, "imagen_params": {"image_sizes": [16]}},
+               str(empty))
+    with pytest.raises(CheckpointError, match="no trained U-Net.*NullUnet"):
+        load_stage(empty)
+
+
+def test_a_unet_saved_alone_is_placed_in_its_cascade(ip, tmp_path):
+    path = tmp_path / "sr.pt"
+    ip.Unet(**SR, text_embed_dim=D, lowres_cond=True).persist_to_file(str(path))
+    _settings_file(path, image_sizes=[16, 32, 64])
+    with pytest.raises(CheckpointError, match='image_sizes .16, 32, 64. name 3 U-Nets.*add "unet_number"'):
+        load_stage(path)
+    _settings_file(path, image_sizes=[16, 32, 64], unet_number=3)
+    assert (load_stage(path).config.lowres_resolution, load_stage(path).config.resolution) == (32, 64)
+    _settings_file(path)  # two sizes: an SR U-Net is the second
+    assert (load_stage(path).config.lowres_resolution, load_stage(path).config.resolution) == (16, 32)
+
+
+def test_an_imagen_of_one_unet_takes_its_arguments_from_the_settings_file(ip, tmp_path):
+    # Imagen.__init__ gives its U-Nets the T5's width whatever their own arguments say (768 by default)
+    imagen = ip.Imagen([ip.Unet(**BASE)], image_sizes=(16,), timesteps=STEPS, text_embed_dim=D).eval()
+    randomise(imagen.unets[0], 3)
+    path = tmp_path / "one.pt"
+    ip.ImagenTrainer(imagen=imagen, use_ema=False).save(str(path))
+    _settings_file(path, image_sizes=[16], unets=[BASE])
+    stage = load_stage(path)
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([0.7])
+    e, m = _embeds()
+    with torch.no_grad():
+        want = imagen.unets[0](x, t, text_embeds=e, text_mask=m)
+        assert (stage.unet(x, t, text_embeds=e, text_mask=m) - want).abs().max() <= 1e-4
+
+
+def test_a_legacy_pickle_is_listed_whole_and_still_loads_by_unet(tmp_path):
+    from tests.comfy_helpers import write_tiny_imagen_pytorch
+
+    write_tiny_imagen_pytorch(tmp_path / "zip.pt")
+    raw = torch.load(str(tmp_path / "zip.pt"), weights_only=True)
+    torch.save(raw, str(tmp_path / "legacy.pt"), _use_new_zipfile_serialization=False)
+    assert list_stages([tmp_path]) == ["legacy.pt", "zip.pt [unet 1]", "zip.pt [unet 2]"]  # not read to list it
+    assert load_stage(f"{tmp_path / 'legacy.pt'} [unet 2]").config.role == "sr"
+
+
+def test_convert_picks_the_online_weights(checkpoint, tmp_path):
+    from comfyui_imagen.cli import main
+
+    path, imagen = checkpoint
+    out = tmp_path / "online.safetensors"
+    assert main(["convert", f"{path} [unet 2]", "--online", "-o", str(out)]) == 0
+    for name, tensor in imagen.unets[1].state_dict().items():
+        assert torch.equal(load_stage(out).unet.state_dict()[name], tensor), name
+
+
+def test_an_elucidated_stages_karras_grid_takes_its_rho(ip, tmp_path):
+    from comfyui_imagen.respacing import get_sigmas_karras
+
+    config = ip.ElucidatedImagenConfig(unets=[BASE], image_sizes=[16], text_embed_dim=D, num_sample_steps=8,
+                                       rho=5.0, sigma_max=60.0)
+    path = tmp_path / "edm.pt"
+    ip.ImagenTrainer(imagen=config.create(), use_ema=False).save(str(path))
+    stage = load_stage(path)
+    settings = stage.recommended.settings
+    assert (settings.sampler, settings.spacing, settings.steps) == ("heun", "karras", 8)
+    assert torch.allclose(stage.sigmas(settings), get_sigmas_karras(8, 0.002, 60.0, 5.0).float())
+
+
+def test_sigma_spaced_grids_start_where_their_ddpm_first_lands(checkpoint):
+    # the float32 cap puts the cosine schedule's t = 1 at sigma 2.3e7: a Karras grid from there would spend most
+    # steps on pure noise; it starts at sigma(1 - 1/timesteps) instead, their DDPM's first landing
+    path, _ = checkpoint
+    stage = load_stage(f"{path} [unet 1]")
+    settings = stage.recommended.settings
+    ddpm = stage.sigmas(settings)
+    assert ddpm[0] > 1e7 and ddpm.numel() == STEPS + 1
+    for spacing in ("karras", "exponential"):
+        grid = stage.sigmas(settings.replace(sampler="dpmpp_2m", spacing=spacing, steps=30))
+        assert torch.isclose(grid[0], ddpm[1]) and grid[-2] == ddpm[-1]

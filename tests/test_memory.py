@@ -142,7 +142,11 @@ def test_every_unet_family_gives_the_estimate_its_level_widths():
 
     config = ImagenPytorchUNetConfig.from_kwargs(dict(dim=8, dim_mults=(1, 2, 4), layer_attns=(False, False, True),
                                                       layer_cross_attns=(False, True, True)))
-    assert config.feature_levels == ((8, False), (16, True), (32, True))
+    assert config.feature_levels == ((8, False, 1), (16, True, 1 / 4), (32, True, 1 / 16))
     assert memory._feature_elements(config, 64, 64) == (64 * 64 * (8 + 16 / 4 + 32 / 16), 64 * 64 * (16 / 4 + 32 / 16))
+    # the memory-efficient layout downsamples before each level: every level at a quarter of the pixels
+    efficient = config.replace(memory_efficient=True)
+    assert [share for _, _, share in efficient.feature_levels] == [1 / 4, 1 / 16, 1 / 64]
     base = load_stage(DEMO / "imagen-demo-base64.safetensors").config.unet
-    assert base.feature_levels == tuple((c, a != "none") for c, a in zip(base.channels, base.attention))
+    assert base.feature_levels == tuple((c, a != "none", 4.0 ** -i)
+                                        for i, (c, a) in enumerate(zip(base.channels, base.attention)))

@@ -80,6 +80,15 @@ def chain(model_folders):
     return base, sr, embeds
 
 
+def test_text_encode_preprocesses_as_chosen(model_folders):
+    # 'lower' (the default, DeepFloyd IF's) and 'none' (imagen-pytorch: the text as typed) differ only on capitals
+    (t5,) = loaders.ImagenT5Loader().load(DEMO_NAMES["t5"])
+    encode = text.ImagenTextEncode().encode
+    lower, typed = (encode(t5, "A Red Circle  ", "", 77, preprocess=mode)[0].positive for mode in ("lower", "none"))
+    assert torch.equal(lower.embeds, encode(t5, "a red circle", "", 77)[0].positive.embeds)
+    assert not torch.equal(lower.embeds, typed.embeds)
+
+
 def test_text_to_image_then_super_resolution(chain):
     base, sr, embeds = chain
     (image,) = sampling.ImagenBaseSampler().sample(base, embeds, width=0, height=32, batch_size=2, **FAST)

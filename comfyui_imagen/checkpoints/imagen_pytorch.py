@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -39,7 +38,7 @@ import torch
 
 from .. import files
 from ..files import split_unet_name, unet_name
-from ..schedules import float32_log_snr
+from ..schedules import ContinuousSchedule, float32_log_snr
 from ..settings import SamplingSettings, StageDefaults
 from ..stage import Stage, StageConfig
 from .errors import CheckpointError
@@ -61,7 +60,7 @@ _DEFAULTS: dict[str, Any] = dict(
 _KNOWN = frozenset(SIDECAR_REQUIRED) | frozenset(_DEFAULTS) | {
     "unets", "video", "loss_type", "random_crop_sizes", "per_sample_random_aug_noise_level", "auto_normalize_img",
     "only_train_unet_number", "temporal_downsample_factor", "resize_cond_video_frames", "min_snr_loss_weight",
-    "min_snr_gamma", "P_mean", "P_std", "S_churn", "S_tmin", "S_tmax", "S_noise", "text_embed_dim"}
+    "min_snr_gamma", "P_mean", "P_std", "S_churn", "S_tmin", "S_tmax", "S_noise", "text_embed_dim", "unet_number"}
 _OBJECTIVES = {"noise": "epsilon", "x_start": "sample", "v": "v_prediction"}
 _SIDECAR_EXAMPLE = ('{"image_sizes": [64, 256], "elucidated": false, "pred_objectives": "noise", '
                     '"noise_schedules": "cosine", "lowres_sample_noise_level": 0.2}')
@@ -72,7 +71,8 @@ _SIDECAR_EXAMPLE = ('{"image_sizes": [64, 256], "elucidated": false, "pred_objec
 class ImagenPytorchCheckpoint:
     """One imagen-pytorch file, opened: ``online[i]`` / ``ema[i]`` the `Weights` of U-Net i + 1 (None where the
     file has none, e.g. no EMA, or a NullUnet placeholder), ``unet_kwargs[i]`` its constructor arguments when the
-    file records them, ``params`` the Imagen's (``imagen_params``, or None), ``elucidated`` from ``imagen_type``."""
+    file records them, ``params`` the Imagen's (``imagen_params``, or None), ``elucidated`` from ``imagen_type``,
+    ``in_imagen`` whether the U-Nets were saved inside an Imagen (which recast their arguments), not alone."""
 
     path: Path
     online: list[Optional[Weights]]
@@ -80,6 +80,7 @@ class ImagenPytorchCheckpoint:
     unet_kwargs: list[Optional[dict]]
     params: Optional[dict] = None
     elucidated: Optional[bool] = None
+    in_imagen: bool = True
 
     @property
     def count(self) -> int:
@@ -112,49 +113,41 @@ def read_checkpoint(path: str | Path) -> ImagenPytorchCheckpoint:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}, not an imagen-pytorch checkpoint")
     if isinstance(raw.get("state_dict"), dict) and isinstance(raw.get("config"), dict):  # Unet.persist_to_file
-        weights = files.Weights.from_tensors(path, _tensors(raw["state_dict"]))
-        return ImagenPytorchCheckpoint(path, [weights], [None], [dict(raw["config"])])
+        weights = files.Weights.from_tensors(path, files.tensors_of(raw["state_dict"]))
+        return ImagenPytorchCheckpoint(path, [weights], [None], [dict(raw["config"])], in_imagen=False)
     params = raw.get("imagen_params") if isinstance(raw.get("imagen_params"), dict) else None
     elucidated = None if "imagen_type" not in raw else raw["imagen_type"] == "elucidated"
     model = raw["model"] if isinstance(raw.get("model"), dict) else raw
-    online = files.Weights.from_tensors(path, _tensors(model))
-    ema = files.Weights.from_tensors(path, _tensors(raw["ema"])) if isinstance(raw.get("ema"), dict) else None
+    online = files.Weights.from_tensors(path, files.tensors_of(model))
+    ema = files.Weights.from_tensors(path, files.tensors_of(raw["ema"])) if isinstance(raw.get("ema"), dict) else None
     return _from_flat(path, online, ema, params, elucidated)
 
 
 def _from_flat(path: Path, online: Weights, ema: Optional[Weights], params: Optional[dict],
                elucidated: Optional[bool]) -> ImagenPytorchCheckpoint:
     """Split an Imagen's flat tensors (and its trainer's EMA ones) into one `Weights` per U-Net."""
-    def numbered(weights: Optional[Weights], pattern: str) -> set[int]:
-        found = (re.match(pattern, k) for k in (weights.keys() if weights is not None else ()))
-        return {int(m.group(1)) for m in found if m}
-
-    online_prefix = "unets.{}."
-    if ema is None and numbered(online, r"(\d+)\.ema_model\."):  # a trainer's "ema" dict on its own
-        ema, online_prefix = online, "{}.online_model."
-    indices = numbered(online, r"unets\.(\d+)\.") | numbered(online, r"(\d+)\.online_model\.") \
-        | numbered(ema, r"(\d+)\.ema_model\.")
+    prefixes = files.UNET_PREFIXES
+    found, online_prefix = files.unet_indices(online.keys()), prefixes["imagen"]
+    if ema is None and found["ema"]:  # a trainer's "ema" dict on its own: the averaged and the trained copies
+        ema, online_prefix = online, prefixes["online"]
+    indices = found["imagen"] | found["online"] | (files.unet_indices(ema.keys())["ema"] if ema is not None else set())
     if not indices:  # one bare U-Net
         if not any(k.startswith(("downs.0.", "init_conv.", "final_conv.")) for k in online.keys()):
             raise CheckpointError(f"{path} is not an imagen-pytorch checkpoint: no U-Net keys (unets.0.*, downs.*, "
                                   f"init_conv.*) among {sorted(online.keys())[:5]}")
-        return ImagenPytorchCheckpoint(path, [online], [None], [None], params, elucidated)
+        return ImagenPytorchCheckpoint(path, [online], [None], [None], params, elucidated, in_imagen=False)
     count = max(indices) + 1
     kwargs = list((params or {}).get("unets") or [])
     kwargs = [dict(k) if isinstance(k, dict) else None for k in kwargs] + [None] * count
     online_parts, ema_parts = [], []
     for i in range(count):
         parts = [online.subset(online_prefix.format(i)),
-                 ema.subset(f"{i}.ema_model.") if ema is not None else None]
-        parts = [p if p is not None and p.keys() and set(p.keys()) != {"dummy_parameter"} else None  # NullUnet
+                 ema.subset(prefixes["ema"].format(i)) if ema is not None else None]
+        parts = [p if p is not None and p.keys() and set(p.keys()) != files.PLACEHOLDER_KEYS else None  # NullUnet
                  for p in parts]
         online_parts.append(parts[0])
         ema_parts.append(parts[1])
     return ImagenPytorchCheckpoint(path, online_parts, ema_parts, kwargs[:count], params, elucidated)
-
-
-def _tensors(state: dict) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def _json_metadata(text: Optional[str], path: Path) -> Optional[dict]:
@@ -271,16 +264,17 @@ def stage_config(ckpt: ImagenPytorchCheckpoint, number: int, shapes: dict[str, t
     s = _settings(ckpt)
     source = s["_source"]
     count = max(ckpt.count, len(s["image_sizes"]) if isinstance(s["image_sizes"], (list, tuple)) else 1)
+    if s.get("video"):
+        raise CheckpointError(f"{source}: a video Imagen (video=True, Unet3D) is not supported")
     kwargs, hints = ckpt.unet_kwargs[number - 1], {}
-    recast = ckpt.params is not None
     if kwargs is None:
         hints = _unet_hints(s, ckpt.count, number, source)
         if "dim" in hints:  # the U-Net's full constructor arguments, as ImagenConfig takes them
-            kwargs, recast = hints, ckpt.count > 1
+            kwargs = hints
     try:
         if kwargs is not None:
-            if recast:  # Imagen.__init__ recasts each U-Net (cast_model_parameters); the text width it gives them
-                # is the T5's, which the U-Net's text projection holds
+            if ckpt.in_imagen:  # Imagen.__init__ recasts each U-Net (cast_model_parameters); the text width it
+                # gives them is the T5's, which the U-Net's text projection holds
                 kwargs = {**kwargs, "lowres_cond": number > 1, "channels": s["channels"],
                           "channels_out": s["channels"], "cond_on_text": s["condition_on_text"]}
                 if "text_to_cond.weight" in shapes:
@@ -294,10 +288,15 @@ def stage_config(ckpt: ImagenPytorchCheckpoint, number: int, shapes: dict[str, t
     except ValueError as e:
         raise CheckpointError(f"{ckpt.path} [unet {number}]: {e}") from e
     sizes = s["image_sizes"] if isinstance(s["image_sizes"], (list, tuple)) else [s["image_sizes"]]
-    if ckpt.count == 1 and len(sizes) > 1:  # a lone U-Net: the base is the first size, an SR stage the last
-        index = len(sizes) - 1 if unet.lowres_cond else 0
-    else:
-        index = number - 1
+    index = number - 1
+    if not ckpt.in_imagen and len(sizes) > 1:  # a U-Net saved alone: which of the cascade's U-Nets is it?
+        if "unet_number" in s:
+            index = int(s["unet_number"]) - 1
+        elif len(sizes) == 2:
+            index = 1 if unet.lowres_cond else 0
+        else:
+            raise CheckpointError(f"{source}: image_sizes {list(sizes)} name {len(sizes)} U-Nets but {ckpt.path.name} "
+                                  f"holds one, saved alone: add \"unet_number\" (its place in the cascade, from 1)")
     if not 0 <= index < len(sizes) or (unet.lowres_cond and index == 0):
         raise CheckpointError(f"{source}: image_sizes {list(sizes)} do not cover U-Net {number} "
                               f"({'a super-resolution' if unet.lowres_cond else 'a base'} U-Net): give one size per "
@@ -316,7 +315,8 @@ def stage_config(ckpt: ImagenPytorchCheckpoint, number: int, shapes: dict[str, t
     if elucidated:
         pick = lambda key: _per_unet(s[key], n, key, source)[index]  # noqa: E731
         fields.update(prediction_type="edm", schedule="edm", sigma_data=float(pick("sigma_data")),
-                      schedule_options={"sigma_min": float(pick("sigma_min")), "sigma_max": float(pick("sigma_max"))})
+                      schedule_options={"sigma_min": float(pick("sigma_min")), "sigma_max": float(pick("sigma_max")),
+                                        "rho": float(pick("rho"))})
         steps, sampler, spacing = int(pick("num_sample_steps")), "heun", "karras"
     else:
         objective = _per_unet(s["pred_objectives"], n, "pred_objectives", source)[index]
@@ -325,9 +325,12 @@ def stage_config(ckpt: ImagenPytorchCheckpoint, number: int, shapes: dict[str, t
         kind = _noise_schedules(s["noise_schedules"], n, source)[index]
         if kind not in ("cosine", "linear"):
             raise CheckpointError(f"{source}: noise_schedules {kind!r} is not 'cosine' or 'linear'")
-        fields.update(prediction_type=_OBJECTIVES[objective], schedule=f"continuous_{kind}",
-                      schedule_options={"log_snr_min": float32_log_snr(kind, 1.0)})
         steps, sampler, spacing = int(_per_unet(s["timesteps"], n, "timesteps", source)[index]), "ddpm", "uniform"
+        cap = float32_log_snr(kind, 1.0)
+        first = ContinuousSchedule(kind, log_snr_min=cap).time_to_sigma(torch.tensor(1 - 1 / steps,
+                                                                                    dtype=torch.float64))
+        fields.update(prediction_type=_OBJECTIVES[objective], schedule=f"continuous_{kind}",
+                      schedule_options={"log_snr_min": cap, "grid_sigma_max": float(first)})
     dynamic = _per_unet(s["dynamic_thresholding"], n, "dynamic_thresholding", source)[index]
     settings = SamplingSettings(
         sampler=sampler, steps=steps, spacing=spacing, cfg=1.0 if float(s["cond_drop_prob"]) == 0 else 5.0,
@@ -348,6 +351,8 @@ def load_imagen_pytorch(path: str | Path, dtype: Optional[torch.dtype] = None, *
     from ..unet.imagen_pytorch import ImagenPytorchUNet
 
     ckpt = read_checkpoint(path)
+    if not ckpt.numbers():
+        raise CheckpointError(f"{ckpt.path} holds no trained U-Net (only NullUnet placeholders, which have no weights)")
     if number is None:
         if len(ckpt.numbers()) != 1:
             raise CheckpointError(f"{ckpt.path} holds {len(ckpt.numbers())} U-Nets: pick one, "

@@ -55,6 +55,13 @@ def is_native(weights: Weights) -> bool:
     return FORMAT_KEY in weights.metadata or STAGE_KEY in weights.metadata
 
 
+def check_stage_path(path: Path) -> None:
+    """A native stage file is written as ``.safetensors`` (ValueError otherwise): checked before anything runs."""
+    if Path(path).suffix not in (".safetensors", ".sft"):
+        raise ValueError(f"a native stage file is safetensors; give a path ending in .safetensors, not "
+                         f"{Path(path).name!r}")
+
+
 def save_stage(path: str | os.PathLike, unet: nn.Module, config: StageConfig,
                train_config: TrainConfig | None = None) -> Path:
     """Write `unet`'s weights and `config` to `path` (``.safetensors``), atomically (a temporary file, then rename:
@@ -65,8 +72,7 @@ def save_stage(path: str | os.PathLike, unet: nn.Module, config: StageConfig,
     from ..train.config import TrainConfig
 
     path = Path(path)
-    if path.suffix not in (".safetensors", ".sft"):
-        raise ValueError(f"save_stage writes safetensors; give a path ending in .safetensors, not {path.name!r}")
+    check_stage_path(path)
     if not isinstance(config, StageConfig):
         raise ValueError(f"save_stage needs a StageConfig, got {type(config).__name__}")
     if train_config is not None and not isinstance(train_config, TrainConfig):

@@ -13,14 +13,16 @@ from .discovery import WHERE_MODELS_GO, Found, list_stages, list_t5, resolve, sc
 from .errors import ModelFileError, raised_as
 from .families import (DEEPFLOYD, GGUF_T5_ARCHITECTURES, IF_PIPELINE, IF_PROBE_KEYS, IMAGEN_PYTORCH, LLM, NATIVE, T5,
                        T5_FOLDER, UNET_FOLDER, Family, folder_family, identify, read_json)
-from .multi import split_unet_name, stage_names, unet_name, unet_numbers
+from .multi import (PLACEHOLDER_KEYS, UNET_PREFIXES, split_unet_name, stage_names, unet_indices, unet_name,
+                    unet_numbers)
 from .gguf import GGML_TYPE_IDS, GGML_TYPES, GGUFWeights, open_gguf
 from .reader import (GGUF_SUFFIXES, PICKLE_SUFFIXES, SAFETENSORS_DTYPES, SAFETENSORS_SUFFIXES, WEIGHT_SUFFIXES,
-                     Weights, is_index, load_pickle, load_pickle_state_dict, open_weights)
+                     Weights, is_index, load_pickle, load_pickle_state_dict, open_weights, tensors_of)
 
 __all__ = ["DEEPFLOYD", "Family", "Found", "GGML_TYPES", "GGML_TYPE_IDS", "GGUFWeights", "GGUF_SUFFIXES",
            "GGUF_T5_ARCHITECTURES", "IF_PIPELINE", "IF_PROBE_KEYS", "IMAGEN_PYTORCH", "LLM", "ModelFileError",
            "NATIVE", "PICKLE_SUFFIXES", "SAFETENSORS_DTYPES", "SAFETENSORS_SUFFIXES", "T5", "T5_FOLDER", "UNET_FOLDER",
            "WEIGHT_SUFFIXES", "WHERE_MODELS_GO", "Weights", "folder_family", "identify", "is_index", "list_stages",
            "list_t5", "load_pickle", "load_pickle_state_dict", "open_gguf", "open_weights", "raised_as", "read_json",
-           "resolve", "scan_folder", "split_unet_name", "stage_names", "unet_name", "unet_numbers", "weight_files"]
+           "resolve", "scan_folder", "split_unet_name", "stage_names", "tensors_of", "unet_name", "unet_numbers",
+           "weight_files", "PLACEHOLDER_KEYS", "UNET_PREFIXES", "unet_indices"]

@@ -328,13 +328,30 @@ def load_pickle_state_dict(file: str | Path) -> dict[str, torch.Tensor]:
             obj = inner
     if not isinstance(obj, dict) or not _is_state_dict(obj):
         raise ModelFileError(f"{file} does not contain a state dict of tensors (found {type(obj).__name__})")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return tensors_of(obj)
+
+
+def tensors_of(state: dict) -> dict[str, torch.Tensor]:
+    """The tensor entries of a loaded dict (a pickled state dict may carry other values beside them)."""
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+SAFE_UNPICKLER_TORCH = (2, 6)  # torch.load(weights_only=True) runs no code from 2.6 on (CVE-2025-32434 before)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = (int(re.match(r"\d+", part).group()) for part in torch.__version__.split(".")[:2])
+    return major, minor
 
 
 def load_pickle(file: str | Path):
     """Whatever a PyTorch pickle holds, loaded with ``weights_only=True`` (tensors and plain Python only: a payload
     that would run code is refused unrun, `ModelFileError`); zip-format files are memory-mapped."""
     file = Path(file)
+    if _torch_version() < SAFE_UNPICKLER_TORCH:
+        raise ModelFileError(f"{file} is a pickle, and torch {torch.__version__}'s weights_only loader can be made to "
+                             f"run code (CVE-2025-32434, fixed in torch 2.6): update torch to 2.6 or later, or use "
+                             f"the .safetensors version of these weights")
     try:
         try:
             obj = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)

@@ -148,10 +148,11 @@ class UNetConfig:
         return self.attention if self.up_attention is None else self.up_attention
 
     @property
-    def feature_levels(self) -> tuple[tuple[int, bool], ...]:
-        """(channels, whether it attends) per level, encoder and decoder together: what memory estimates read."""
-        return tuple((c, (a, b) != ("none", "none"))
-                     for c, a, b in zip(self.channels, self.attention, self.up_attentions))
+    def feature_levels(self) -> tuple[tuple[int, bool, float], ...]:
+        """(channels, whether it attends, its share of the image's pixels) per level, encoder and decoder together:
+        what memory estimates read."""
+        return tuple((c, (a, b) != ("none", "none"), 4.0 ** -i)
+                     for i, (c, a, b) in enumerate(zip(self.channels, self.attention, self.up_attentions)))
 
     def replace(self, **changes) -> "UNetConfig":
         return dataclasses.replace(self, **changes)

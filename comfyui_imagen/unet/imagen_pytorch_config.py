@@ -151,9 +151,13 @@ class ImagenPytorchUNetConfig:
         return (self.init_dim, *(self.dim * m for m in self.dim_mults))
 
     @property
-    def feature_levels(self) -> tuple[tuple[int, bool], ...]:
-        """(channels, whether it attends) per level: what memory estimates read."""
-        return tuple((d, bool(a or c)) for d, a, c in zip(self.dims[1:], self.layer_attns, self.layer_cross_attns))
+    def feature_levels(self) -> tuple[tuple[int, bool, float], ...]:
+        """(channels, whether it attends, its share of the image's pixels) per level: what memory estimates read.
+        The memory-efficient layout runs level i at half level i's usual resolution (it downsamples first)."""
+        shift = 1 if self.memory_efficient else 0
+        return tuple((d, bool(a or lin or c or lc), 4.0 ** -(i + shift)) for i, (d, a, lin, c, lc) in enumerate(
+            zip(self.dims[1:], self.layer_attns, self.use_linear_attn, self.layer_cross_attns,
+                self.use_linear_cross_attn)))
 
     def replace(self, **changes) -> "ImagenPytorchUNetConfig":
         return dataclasses.replace(self, **changes)
@@ -243,6 +247,11 @@ class ImagenPytorchUNetConfig:
         kw["channels"] = init[1] // (2 if lowres else 1)
         final = shape("final_conv.weight")
         kw.update(channels_out=final[0], final_conv_kernel_size=final[-1])
+        if kw["channels_out"] != kw["channels"]:  # an Imagen makes every U-Net channels_out = channels
+            raise ValueError(f"init_conv takes {init[1]} channels and final_conv gives {final[0]}: a U-Net conditioned "
+                             f"on more than the image (self_cond=True, or cond_images_channels), which is not "
+                             f"supported: the samplers feed it the noisy image (and an SR stage's low-res image) "
+                             f"only")
 
         n = count("downs.")
         if n == 0 or count("ups.") != n:
