@@ -345,6 +345,9 @@ def test_a_unet_saved_alone_is_placed_in_its_cascade(ip, tmp_path):
     _settings_file(path, image_sizes=[16, 32, 64])
     with pytest.raises(CheckpointError, match='image_sizes .16, 32, 64. name 3 U-Nets.*add "unet_number"'):
         load_stage(path)
+    _settings_file(path, image_sizes=[16, 32, 64], unet_number="3")
+    with pytest.raises(CheckpointError, match="unet_number must be a whole number"):
+        load_stage(path)
     _settings_file(path, image_sizes=[16, 32, 64], unet_number=3)
     assert (load_stage(path).config.lowres_resolution, load_stage(path).config.resolution) == (32, 64)
     _settings_file(path)  # two sizes: an SR U-Net is the second

@@ -291,7 +291,10 @@ def stage_config(ckpt: ImagenPytorchCheckpoint, number: int, shapes: dict[str, t
     index = number - 1
     if not ckpt.in_imagen and len(sizes) > 1:  # a U-Net saved alone: which of the cascade's U-Nets is it?
         if "unet_number" in s:
-            index = int(s["unet_number"]) - 1
+            if not isinstance(s["unet_number"], int) or isinstance(s["unet_number"], bool):
+                raise CheckpointError(f"{source}: unet_number must be a whole number (the U-Net's place in the "
+                                      f"cascade, from 1), got {s['unet_number']!r}")
+            index = s["unet_number"] - 1
         elif len(sizes) == 2:
             index = 1 if unet.lowres_cond else 0
         else:
