@@ -24,7 +24,8 @@ from pathlib import Path
 
 from comfyui_imagen.memory import process_memory
 from tests import comfy_helpers as ch
-from tests.comfy_helpers import DEMO_NAMES, write_tiny_stage, write_tiny_t5
+from tests.tiny_models import (DEMO_NAMES, IMAGEN_PYTORCH_NAME, TINY_T5, write_tiny_imagen_pytorch, write_tiny_stage,
+                               write_tiny_t5)
 from tests.websocket import WebSocket
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -121,12 +122,12 @@ def write_models(models: Path) -> None:
     (models / "text_encoders").mkdir()
     write_tiny_stage(models / "imagen" / DEMO_NAMES["base"], "base")
     write_tiny_stage(models / "imagen" / DEMO_NAMES["sr"], "sr")
-    ch.write_tiny_imagen_pytorch(models / "imagen" / ch.IMAGEN_PYTORCH_NAME)
+    write_tiny_imagen_pytorch(models / "imagen" / IMAGEN_PYTORCH_NAME)
     write_tiny_t5(models / "text_encoders" / DEMO_NAMES["t5"])
     write_tiny_t5(models / "text_encoders" / T5XXL_TINY, vocab_size=32128)  # no tokenizer beside it
     # its config in ComfyUI's form, for the test-only CLIP loader (tests/comfy_test_nodes.py)
-    config = {"d_ff": ch.TINY_T5["d_ff"], "d_kv": ch.TINY_T5["d_kv"], "d_model": ch.TINY_T5["d_model"],
-              "num_heads": ch.TINY_T5["num_heads"], "num_layers": ch.TINY_T5["num_layers"], "vocab_size": 32128,
+    config = {"d_ff": TINY_T5["d_ff"], "d_kv": TINY_T5["d_kv"], "d_model": TINY_T5["d_model"],
+              "num_heads": TINY_T5["num_heads"], "num_layers": TINY_T5["num_layers"], "vocab_size": 32128,
               "dense_act_fn": "gelu_pytorch_tanh", "is_gated_act": True, "model_type": "t5"}
     (models / "text_encoders" / T5XXL_TINY).with_suffix(".json").write_text(json.dumps(config))
     # imagen-pytorch's default T5 as its Hugging Face folder, under the name the imagen-pytorch template uses (no

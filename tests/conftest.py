@@ -9,8 +9,8 @@ import torch
 # threads contending (and keeps timings steady when other jobs share the machine).
 torch.set_num_threads(1)
 
-from tests.comfy_helpers import (DEMO_NAMES, IMAGEN_PYTORCH_NAME, write_if_folder, write_tiny_imagen_pytorch,
-                                 write_tiny_stage, write_tiny_t5)
+from tests.tiny_models import (DEMO_NAMES, IMAGEN_PYTORCH_NAME, write_if_folder,
+                               write_tiny_imagen_pytorch, write_tiny_stage, write_tiny_t5)
 
 
 @pytest.fixture(scope="session")

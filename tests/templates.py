@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 
 from tests import comfy_helpers as ch
+from tests import tiny_models as tiny
 
 TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: a node's title bar sits above its pos
 GAP_X, GAP_Y = 70, 50
@@ -209,8 +210,8 @@ def templates() -> list[Template]:
                  [[("t5", _t5("t5-v1_1-base", title="T5 v1.1 base (imagen-pytorch's default)")),
                    ("embeds", _encode("a red circle to the left of a blue square", max_length=256,
                                       preprocess="none")),
-                   ("base", _loader(f"{ch.IMAGEN_PYTORCH_NAME} [unet 1]", "Base U-Net ([unet 1])")),
-                   ("sr", _loader(f"{ch.IMAGEN_PYTORCH_NAME} [unet 2]", "SR U-Net ([unet 2])"))],
+                   ("base", _loader(f"{tiny.IMAGEN_PYTORCH_NAME} [unet 1]", "Base U-Net ([unet 1])")),
+                   ("sr", _loader(f"{tiny.IMAGEN_PYTORCH_NAME} [unet 2]", "SR U-Net ([unet 2])"))],
                   [("sample", _stage("ImagenBaseSampler", "base", title="U-Net 1", seed=1, sampler="dpmpp_2m",
                                      schedule="karras", steps=30))],
                   [("preview", _preview("sample", "Base image"))],

@@ -17,7 +17,7 @@ from comfyui_imagen import cascade, images, memory
 from comfyui_imagen.checkpoints import CheckpointError, load_stage
 from comfyui_imagen.samplers import SEED_MAX
 from comfyui_imagen.text import TextEmbeds, TextEncoderError, load_t5
-from tests.comfy_helpers import write_tiny_t5
+from tests.tiny_models import write_tiny_t5
 
 FIXTURES = Path(__file__).parent / "fixtures"
 S = cascade.SamplingSettings

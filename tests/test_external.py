@@ -15,7 +15,7 @@ from comfyui_imagen.checkpoints import load_stage
 from comfyui_imagen.samplers import Cancelled, make_generators, randn_like_items, sample_dpmpp_2m
 from comfyui_imagen.settings import Conditioning, with_overrides
 from comfyui_imagen.text.encoder import TextEmbeds
-from tests.comfy_helpers import TEXT_WIDTH, write_tiny_stage
+from tests.tiny_models import TEXT_WIDTH, write_tiny_stage
 
 # float64: the algorithm (measured <= 4e-12). float32: the first step from sigma_max ~ 2e4 (the cosine schedule) loses
 # ~1e-4 to cancellation in x0 = x - sigma eps on both sides, differently (tensor vs Python-float step sizes); the

@@ -18,7 +18,7 @@ from comfyui_imagen import files
 from comfyui_imagen.checkpoints import CheckpointError, load_stage
 from comfyui_imagen.files import ModelFileError, open_weights
 from comfyui_imagen.text import TextEncoderError, load_t5
-from tests.comfy_helpers import write_tiny_t5
+from tests.tiny_models import write_tiny_t5
 
 SHARED_T5 = Path(__file__).resolve().parents[2] / "shared" / "t5-v1_1-xxl"
 

@@ -221,7 +221,8 @@ def test_persist_to_file_and_safetensors_conversions_load(ip, tmp_path):
     assert stage.config.role == "base" and stage.config.unet.attn_heads == 2
     from safetensors.torch import save_file
 
-    save_file({f"unets.0.{k}": v.contiguous() for k, v in unet.state_dict().items()}, str(tmp_path / "conv.safetensors"))
+    save_file({f"unets.0.{k}": v.contiguous() for k, v in unet.state_dict().items()},
+              str(tmp_path / "conv.safetensors"))
     (tmp_path / "conv.json").write_text((tmp_path / "base.json").read_text())
     converted = load_stage(tmp_path / "conv.safetensors [unet 1]")
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([1.5])
@@ -301,7 +302,7 @@ def test_a_t5_of_the_wrong_width_names_the_t5_the_checkpoint_needs(ip, tmp_path)
 def test_the_cli_draws_an_imagen_pytorch_base_with_their_text_handling(tmp_path, monkeypatch):
     from comfyui_imagen.cli import main
     from comfyui_imagen.text import T5TextEncoder
-    from tests.comfy_helpers import write_tiny_imagen_pytorch, write_tiny_t5
+    from tests.tiny_models import write_tiny_imagen_pytorch, write_tiny_t5
 
     write_tiny_imagen_pytorch(tmp_path / "imagen.pt")
     write_tiny_t5(tmp_path / "t5.safetensors")
@@ -370,7 +371,7 @@ def test_an_imagen_of_one_unet_takes_its_arguments_from_the_settings_file(ip, tm
 
 
 def test_a_legacy_pickle_is_listed_whole_and_still_loads_by_unet(tmp_path):
-    from tests.comfy_helpers import write_tiny_imagen_pytorch
+    from tests.tiny_models import write_tiny_imagen_pytorch
 
     write_tiny_imagen_pytorch(tmp_path / "zip.pt")
     raw = torch.load(str(tmp_path / "zip.pt"), weights_only=True)

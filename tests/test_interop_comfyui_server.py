@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.comfy_helpers import DEMO_NAMES
+from tests.tiny_models import DEMO_NAMES
 from tests.comfy_server import COMFYUI, T5XXL_TINY, free_port, start_comfyui
 from tests.test_files import SHARED_T5
 

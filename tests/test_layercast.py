@@ -21,7 +21,7 @@ from comfyui_imagen import layercast
 from comfyui_imagen.unet import ImagenUNet
 from comfyui_imagen.unet.config import TINY_BASE
 from nodes import comfy_compat
-from tests.comfy_helpers import TINY_IMAGEN_PYTORCH_UNET
+from tests.tiny_models import TINY_IMAGEN_PYTORCH_UNET
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI = os.environ.get("COMFYUI_PATH")

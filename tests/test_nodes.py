@@ -8,7 +8,7 @@ import torch
 
 import nodes
 from nodes import comfy_compat, loaders, sampling, text
-from tests.comfy_helpers import DEMO_NAMES, write_tiny_t5
+from tests.tiny_models import DEMO_NAMES, write_tiny_t5
 
 NODE_IDS = ["ImagenT5Loader", "ImagenModelLoader", "ImagenTextEncode", "ImagenBaseSampler", "ImagenSuperResolution",
             "ImagenImageToImage", "ImagenInpaint", "ImagenSamplerCustom", "ImagenSigmas", "ImagenTextEncodeCLIP"]

@@ -12,7 +12,7 @@ from comfyui_imagen import cascade
 from comfyui_imagen.images import from_comfy_image, to_comfy_image
 from comfyui_imagen.settings import AUTO, SamplingSettings, StageDefaults, with_overrides
 from nodes import loaders, sampling, text
-from tests.comfy_helpers import DEMO_NAMES
+from tests.tiny_models import DEMO_NAMES
 
 AUTO_WIDGETS = dict(seed=5, steps=0, cfg=0.0, sampler="auto", schedule="auto", dynamic_threshold=-1.0)
 

@@ -12,7 +12,7 @@ from comfyui_imagen import cascade
 from comfyui_imagen.images import from_comfy_image, from_comfy_mask, to_comfy_image
 from comfyui_imagen.settings import SamplingSettings
 from nodes import loaders, sampling, text
-from tests.comfy_helpers import DEMO_NAMES
+from tests.tiny_models import DEMO_NAMES
 
 WIDGETS = dict(seed=11, steps=3, cfg=2.5, schedule="exponential", dynamic_threshold=0.8)
 SETTINGS = dict(seed=11, steps=3, cfg=2.5, spacing="exponential", dynamic_threshold=0.8)

@@ -13,7 +13,7 @@ import torch
 
 import comfyui_imagen.checkpoints as checkpoints
 from nodes import loaders, sampling, text
-from tests.comfy_helpers import DEMO_NAMES
+from tests.tiny_models import DEMO_NAMES
 
 FAST = dict(seed=0, steps=1, cfg=2.0, sampler="euler", schedule="karras", dynamic_threshold=0.95)
 

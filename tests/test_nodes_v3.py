@@ -20,6 +20,7 @@ import pytest
 from nodes import NODE_CLASS_MAPPINGS, v3
 from nodes.v3 import COMBO, InputSpec, describe, invalid_choices, output_ids, v3_arguments
 from tests import comfy_helpers as ch
+from tests import tiny_models as tiny
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
@@ -137,7 +138,7 @@ def test_combo_values_are_checked_except_those_the_node_validates(model_folders)
     spec = describe(NODE_CLASS_MAPPINGS["ImagenModelLoader"], "ImagenModelLoader")
     assert spec.validated == {"model_name"}  # its VALIDATE_INPUTS names the file and its folder
     assert invalid_choices(spec, {"model_name": "not-listed.safetensors", "dtype": "default"}) == []
-    [problem] = invalid_choices(spec, {"model_name": ch.DEMO_NAMES["base"], "dtype": "fp12"})
+    [problem] = invalid_choices(spec, {"model_name": tiny.DEMO_NAMES["base"], "dtype": "fp12"})
     assert "dtype = 'fp12'" in problem and "'bf16'" in problem and "Imagen Model Loader" in problem
 
 
@@ -169,8 +170,8 @@ def probe(tmp_path_factory):
     models = tmp_path_factory.mktemp("v3models")
     (models / "imagen").mkdir()
     (models / "text_encoders").mkdir()
-    ch.write_tiny_stage(models / "imagen" / ch.DEMO_NAMES["base"], "base")
-    ch.write_tiny_t5(models / "text_encoders" / ch.DEMO_NAMES["t5"])
+    tiny.write_tiny_stage(models / "imagen" / tiny.DEMO_NAMES["base"], "base")
+    tiny.write_tiny_t5(models / "text_encoders" / tiny.DEMO_NAMES["t5"])
     result = subprocess.run([PYTHON, str(ch.ROOT / "tests" / "comfy_v3_probe.py"), COMFYUI, str(models)],
                             capture_output=True, text=True, timeout=600, cwd=COMFYUI)
     lines = [line for line in result.stdout.splitlines() if line.startswith("PROBE-JSON ")]

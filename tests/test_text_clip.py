@@ -15,7 +15,8 @@ import nodes
 from comfyui_imagen.text import T5Encoder, T5TextEncoder, TextEncoderError, load_t5, load_tokenizer
 from comfyui_imagen.text.hosted import HostedT5
 from nodes import comfy_clip, text
-from tests.comfy_helpers import ClipModel, FakeCLIP, comfy_t5, flux_clip, write_tiny_t5
+from tests.comfy_helpers import ClipModel, FakeCLIP, comfy_t5, flux_clip
+from tests.tiny_models import write_tiny_t5
 from tests.test_files import SHARED_T5
 
 PROMPT, NEGATIVE = "a (red:1.3) circle to the left of a blue square", "blurry"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests import comfy_helpers as ch
-from tests.comfy_helpers import DEMO_NAMES
+from tests.tiny_models import DEMO_NAMES
 from tests.comfy_server import COMFYUI, T5XXL_TINY, free_port, start_comfyui
 
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the server tests")
